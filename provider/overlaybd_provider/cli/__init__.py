@@ -1,0 +1,1 @@
+"""The ``overlaybd`` console script: one argparse sub-command per module in this package."""

@@ -1,0 +1,80 @@
+"""Entry point of the ``overlaybd`` (and ``obdconv``) console scripts.
+
+Each sub-command lives in its own module of this package and exposes
+``register(subparsers)``, which adds a parser whose ``func`` default takes the parsed
+namespace and returns an exit status. Errors derived from :class:`OverlaybdError` are
+printed as one line (no traceback) with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from overlaybd_provider import __version__
+from overlaybd_provider.errors import OverlaybdError
+
+# Sub-command modules, in the order they appear in --help. A module missing here is skipped
+# so that a partially installed tree still offers the commands it has.
+SUBCOMMAND_MODULES = (
+    "inspect",
+    "export",
+    "zfile",
+    "apply",
+    "convert",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="overlaybd",
+        description="Convert OCI images to overlaybd and inspect overlaybd layers.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers.required = True
+    for name in SUBCOMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"overlaybd_provider.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"overlaybd_provider.cli.{name}":
+                continue
+            raise
+        module.register(subparsers)
+    return parser
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
+        format="%(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return int(args.func(args) or 0)
+    except OverlaybdError as exc:
+        print(f"overlaybd: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("overlaybd: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 1
+
+
+def main() -> None:
+    sys.exit(run())
+
+
+def obdconv_main() -> None:
+    """``obdconv SRC DST [options]``: the upstream-compatible alias of ``overlaybd convert``."""
+    sys.exit(run(["convert", *sys.argv[1:]]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Test-support plugins (fixtures and oracles shared across test areas)."""

@@ -1,0 +1,1 @@
+"""Test-support plugin: fsjudge fixtures (filled in by its test area)."""

@@ -1,0 +1,1 @@
+"""Test-support plugin: mariadb fixtures (filled in by its test area)."""

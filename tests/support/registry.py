@@ -1,0 +1,1 @@
+"""Test-support plugin: registry fixtures (filled in by its test area)."""
