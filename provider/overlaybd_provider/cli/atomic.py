@@ -1,0 +1,44 @@
+"""Write a command's output file atomically: a temporary name in the same directory, renamed
+on success and removed on any failure, so bad input never leaves partial output behind."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from overlaybd_provider.errors import OverlaybdError
+
+_OUTPUT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
+
+
+class OutputError(OverlaybdError):
+    """The output file cannot be created or written."""
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
+    """Yield a ``w+b`` file next to ``path``; it replaces ``path`` only if the block succeeds."""
+    target = Path(path)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    if target.is_dir():
+        raise OutputError(f"{target}: is a directory")
+    try:
+        f = open(tmp, "w+b")  # noqa: SIM115 - closed below on every path
+    except OSError as exc:
+        raise OutputError(f"{target}: cannot create output: {exc.strerror or exc}") from None
+    try:
+        yield f
+        f.flush()
+        f.close()
+        os.replace(tmp, target)
+    except BaseException as exc:
+        f.close()
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        if isinstance(exc, OSError) and exc.errno in _OUTPUT_ERRNOS:
+            raise OutputError(f"{target}: cannot write output: {exc.strerror}") from None
+        raise
