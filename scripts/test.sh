@@ -4,7 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
-.venv/bin/ruff check provider tests dags plugins bench scripts
+lint_paths=()
+for d in provider tests dags plugins bench; do [ -e "$d" ] && lint_paths+=("$d"); done
+.venv/bin/ruff check "${lint_paths[@]}"
 set +e
 .venv/bin/python -m pytest "$@"
 status=$?
