@@ -13,6 +13,7 @@ from overlaybd_provider.oci.client import RegistryClient
 from overlaybd_provider.oci.copy import copy_image
 from overlaybd_provider.oci.errors import DigestMismatchError, NotFoundError, RegistryUnavailableError
 from overlaybd_provider.oci.layout import LayoutStore
+from overlaybd_provider.oci.retry import RetryState
 from overlaybd_provider.oci.store import RemoteStore
 from support.imagegen import write_image
 from support.registry import push_layout
@@ -155,3 +156,14 @@ def test_per_registry_concurrency_limit(registry, fault_proxy, registry_repo, im
         digests = list(pool.map(lambda i: clients[i % 2].resolve(registry_repo, "v1").digest, range(8)))
     assert digests == [image.digest] * 8
     assert fault_proxy.max_inflight == limit
+
+
+def test_retry_budget_is_restored_by_new_progress_only():
+    """A long transfer gets its attempts back when it confirms bytes it never had; a restart that
+    only re-covers old ground (distribution discards an upload after a lost answer) does not."""
+    state = RetryState(max_retries=2, budget=60.0, backoff=0.0, max_delay=0.0)
+    assert state.wait() and state.wait() and state.attempts == 2
+    state.progress(16 << 20)
+    assert state.attempts == 0 and state.wait() and state.wait()
+    state.progress(8 << 20)  # behind the furthest point: nothing restored
+    assert not state.wait()

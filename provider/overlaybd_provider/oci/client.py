@@ -210,6 +210,7 @@ class RegistryClient(BlobUploads, RegistryRequester):
                             check(digest, hasher, written, size)
                     break
                 except RETRYABLE_EXCEPTIONS as exc:
+                    state.progress(written)
                     state.last_error = f"{type(exc).__name__} after {written} bytes"
                     if not state.wait():
                         raise RegistryUnavailableError(

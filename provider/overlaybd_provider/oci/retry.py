@@ -53,6 +53,17 @@ class RetryState:
     attempts: int = 0
     started: float = field(default_factory=time.monotonic)
     last_error: str = ""
+    furthest: int = 0
+
+    def progress(self, position: int) -> None:
+        """A long transfer confirmed bytes up to ``position``: new ground (beyond any position
+        reached before) restores the full attempt count and time budget, so a large blob on a slow
+        link is not failed by faults spread over its whole duration. Ground already covered
+        (after a restart from byte 0) restores nothing, which bounds the total work."""
+        if position > self.furthest:
+            self.furthest = position
+            self.attempts = 0
+            self.started = time.monotonic()
 
     @classmethod
     def from_options(cls, options: RegistryOptions) -> RetryState:

@@ -20,7 +20,12 @@ from oras.utils import append_url_params
 
 from overlaybd_provider.oci.auth import repository_scope
 from overlaybd_provider.oci.digest import COPY_CHUNK, digest_file, new_hasher
-from overlaybd_provider.oci.errors import DigestMismatchError, RegistryError, RegistryUnavailableError
+from overlaybd_provider.oci.errors import (
+    DigestMismatchError,
+    NotFoundError,
+    RegistryError,
+    RegistryUnavailableError,
+)
 from overlaybd_provider.oci.hosts import Endpoint
 from overlaybd_provider.oci.retry import RetryState
 from overlaybd_provider.oci.transport import redact_url
@@ -187,6 +192,7 @@ class BlobUploads:
                 r.close()
                 location = self._location(endpoint, r)
                 offset = start + n
+                state.progress(offset)
             except RegistryUnavailableError as exc:
                 if not state.wait(exc.retry_after):
                     self._cancel(endpoint, repository, location)
@@ -202,8 +208,16 @@ class BlobUploads:
         except DigestMismatchError:
             self._cancel(endpoint, repository, location)
             raise
-        self._send(endpoint, "PUT", append_url_params(location, {"digest": digest}), scopes=scopes,
-                   headers={"Content-Length": "0"}, ok=(201, 204), what=f"blob {digest}").close()
+        try:
+            self._send(endpoint, "PUT", append_url_params(location, {"digest": digest}), scopes=scopes,
+                       headers={"Content-Length": "0"}, ok=(201, 204), what=f"blob {digest}").close()
+        except (NotFoundError, RegistryUnavailableError):
+            # The registry may have committed the blob and lost only its answer: the retried PUT then
+            # finds no upload session (404 BLOB_UPLOAD_UNKNOWN). The blob is content-addressed and
+            # the registry verified the digest before committing, so its presence is success.
+            if not self.blob_exists(repository, digest):
+                raise
+            log.info("upload of %s: the commit's answer was lost, but the blob is there", digest)
 
     def _upload_status(self, endpoint: Endpoint, repository: str, location: str, confirmed: int) -> tuple[str, int]:
         """Where an interrupted upload stands (``GET`` on the session: ``Range: 0-LAST``); a fresh
