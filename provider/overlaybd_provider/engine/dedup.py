@@ -1,0 +1,300 @@
+"""Layer and manifest dedup store (image.md §6) on MySQL/MariaDB or SQLite.
+
+Same tables and keys as upstream's convertor, plus format markers (docs/dedup.md) so a row is
+reused only for output produced by this converter with byte-identical layer settings. Every
+write is an idempotent ``INSERT IGNORE`` / ``INSERT OR IGNORE``: two conversions racing on the
+same row both succeed. Deletes name the digest they found stale, so they never remove a row that
+a concurrent conversion has just re-recorded with a different digest.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sqlite3
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from overlaybd_provider.engine import dedup_sql as q
+from overlaybd_provider.errors import OverlaybdError
+
+__all__ = [
+    "DedupError",
+    "DedupStore",
+    "Row",
+    "SqlDedupStore",
+    "default_sqlite_path",
+    "open_dedup",
+    "parse_dbstr",
+    "sql_store",
+]
+
+log = logging.getLogger(__name__)
+
+
+class DedupError(OverlaybdError):
+    """A dedup database that cannot be opened or used."""
+
+
+@dataclass(frozen=True)
+class Row:
+    """A reusable result: the repository holding it, its digest and size."""
+
+    repo: str
+    digest: str
+    size: int
+
+
+class DedupStore(Protocol):
+    """What the engine needs from a dedup database (host/repo = the *target* registry/repo)."""
+
+    def create_tables(self) -> None: ...
+    def find_layer(self, host: str, repo: str, chain_id: str, format_id: str) -> Row | None: ...
+    def find_layer_elsewhere(self, host: str, repo: str, chain_id: str, format_id: str) -> list[Row]: ...
+    def record_layer(self, host: str, repo: str, chain_id: str, digest: str, size: int, format_id: str) -> None: ...
+    def delete_layer(self, host: str, repo: str, chain_id: str, digest: str) -> None: ...
+    def find_manifest(self, host: str, repo: str, src_digest: str, media_type: str, format_id: str) -> Row | None: ...
+    def find_manifest_elsewhere(
+        self, host: str, repo: str, src_digest: str, media_type: str, format_id: str
+    ) -> list[Row]: ...
+    def record_manifest(
+        self, host: str, repo: str, src_digest: str, media_type: str, digest: str, size: int, format_id: str
+    ) -> None: ...
+    def delete_manifest(self, host: str, repo: str, src_digest: str, media_type: str, digest: str) -> None: ...
+    def describe(self) -> str: ...
+    def close(self) -> None: ...
+
+
+def _dialect_of(conn: Any) -> q.Dialect:
+    return q.SQLITE if isinstance(conn, sqlite3.Connection) else q.MYSQL
+
+
+class SqlDedupStore:
+    """A :class:`DedupStore` over one DB-API connection (PyMySQL, mysqlclient or sqlite3).
+
+    Calls are serialized by a lock (DB-API connections are not thread-safe) and each ends its
+    transaction, so a long-lived connection never reads a stale REPEATABLE READ snapshot."""
+
+    def __init__(self, conn: Any, *, dialect: q.Dialect | None = None, owns: bool = True, label: str = "") -> None:
+        self.conn = conn
+        self.dialect = dialect or _dialect_of(conn)
+        self._owns = owns
+        self._lock = threading.RLock()
+        self._label = label or self.dialect.name
+
+    def describe(self) -> str:
+        return self._label
+
+    def _run(self, sql: str, params: tuple = (), *, fetch: bool = False) -> list[tuple]:
+        with self._lock:
+            cur = self.conn.cursor()
+            try:
+                cur.execute(self.dialect.sql(sql) if "?" in sql else sql, params)
+                rows = list(cur.fetchall()) if fetch else []
+            except Exception:
+                try:
+                    self.conn.rollback()
+                finally:
+                    pass
+                raise
+            finally:
+                cur.close()
+            self.conn.commit()
+            return rows
+
+    def create_tables(self) -> None:
+        for statement in self.dialect.create:
+            self._run(statement)
+
+    # layers ------------------------------------------------------------------
+
+    def find_layer(self, host: str, repo: str, chain_id: str, format_id: str) -> Row | None:
+        rows = self._run(q.LAYER_SAME_REPO, (host, repo, chain_id, format_id), fetch=True)
+        return Row(rows[0][0], rows[0][1], int(rows[0][2])) if rows else None
+
+    def find_layer_elsewhere(self, host: str, repo: str, chain_id: str, format_id: str) -> list[Row]:
+        rows = self._run(q.LAYER_OTHER_REPOS, (host, chain_id, repo, format_id), fetch=True)
+        return [Row(r[0], r[1], int(r[2])) for r in rows]
+
+    def record_layer(self, host: str, repo: str, chain_id: str, digest: str, size: int, format_id: str) -> None:
+        with self._lock:
+            self._run(
+                self.dialect.insert("overlaybd_layers", ("host", "repo", "chain_id", "data_digest", "data_size")),
+                (host, repo, chain_id, digest, size),
+            )
+            self._run(
+                self.dialect.insert(
+                    "overlaybd_layer_formats", ("host", "repo", "chain_id", "data_digest", "format_id")
+                ),
+                (host, repo, chain_id, digest, format_id),
+            )
+
+    def delete_layer(self, host: str, repo: str, chain_id: str, digest: str) -> None:
+        with self._lock:
+            self._run(q.LAYER_DELETE, (host, repo, chain_id, digest))
+            self._run(q.LAYER_FORMAT_DELETE, (host, repo, chain_id, digest))
+
+    # manifests ---------------------------------------------------------------
+
+    def find_manifest(self, host: str, repo: str, src_digest: str, media_type: str, format_id: str) -> Row | None:
+        rows = self._run(q.MANIFEST_SAME_REPO, (host, repo, src_digest, media_type, format_id), fetch=True)
+        return Row(rows[0][0], rows[0][1], int(rows[0][2])) if rows else None
+
+    def find_manifest_elsewhere(
+        self, host: str, repo: str, src_digest: str, media_type: str, format_id: str
+    ) -> list[Row]:
+        rows = self._run(q.MANIFEST_OTHER_REPOS, (host, src_digest, media_type, repo, format_id), fetch=True)
+        return [Row(r[0], r[1], int(r[2])) for r in rows]
+
+    def record_manifest(
+        self, host: str, repo: str, src_digest: str, media_type: str, digest: str, size: int, format_id: str
+    ) -> None:
+        with self._lock:
+            self._run(
+                self.dialect.insert(
+                    "overlaybd_manifests", ("host", "repo", "src_digest", "out_digest", "data_size", "mediatype")
+                ),
+                (host, repo, src_digest, digest, size, media_type),
+            )
+            self._run(
+                self.dialect.insert(
+                    "overlaybd_manifest_formats",
+                    ("host", "repo", "src_digest", "mediatype", "out_digest", "format_id"),
+                ),
+                (host, repo, src_digest, media_type, digest, format_id),
+            )
+
+    def delete_manifest(self, host: str, repo: str, src_digest: str, media_type: str, digest: str) -> None:
+        with self._lock:
+            self._run(q.MANIFEST_DELETE, (host, repo, src_digest, media_type, digest))
+            self._run(q.MANIFEST_FORMAT_DELETE, (host, repo, src_digest, media_type, digest))
+
+    def close(self) -> None:
+        if self._owns:
+            with self._lock:
+                self.conn.close()
+
+
+def sql_store(conn: Any, *, owns: bool = False) -> SqlDedupStore:
+    """Store over a caller's DB-API connection (the Airflow hook passes MySqlHook's)."""
+    return SqlDedupStore(conn, owns=owns)
+
+
+# ------------------------------------------------------------------ opening
+
+# go-sql-driver DSN: [user[:password]@][net[(addr)]]/dbname[?params]
+_GO_DSN = re.compile(r"^(?:(?P<user>[^:@]*)(?::(?P<password>.*))?@)?(?:(?P<net>\w+)(?:\((?P<addr>[^)]*)\))?)?/(?P<db>[^?]*)(?:\?(?P<params>.*))?$")
+
+
+@dataclass(frozen=True)
+class MySqlParams:
+    host: str = "127.0.0.1"
+    port: int = 3306
+    user: str = "root"
+    password: str = ""
+    database: str = ""
+    unix_socket: str | None = None
+
+    def describe(self) -> str:
+        where = self.unix_socket or f"{self.host}:{self.port}"
+        return f"mysql://{self.user}@{where}/{self.database}"
+
+
+def parse_dbstr(dsn: str) -> MySqlParams:
+    """Parse upstream's ``--db-str`` (go-sql-driver form ``user:password@tcp(host:port)/db``)."""
+    m = _GO_DSN.match(dsn)
+    if m is None or not m.group("db"):
+        raise DedupError(f"--dbstr {_redact(dsn)!r}: expected user:password@tcp(host:port)/dbname")
+    net, addr = m.group("net") or "tcp", m.group("addr") or ""
+    if net == "unix":
+        return MySqlParams(user=m.group("user") or "root", password=m.group("password") or "",
+                           database=m.group("db"), unix_socket=addr or None)
+    if net != "tcp":
+        raise DedupError(f"--dbstr: network {net!r} is not supported (tcp or unix)")
+    host, _, port = addr.rpartition(":") if ":" in addr else (addr, "", "")
+    try:
+        port_number = int(port) if port else 3306
+    except ValueError:
+        raise DedupError(f"--dbstr: port {port!r} is not a number") from None
+    return MySqlParams(host=host or "127.0.0.1", port=port_number, user=m.group("user") or "root",
+                       password=m.group("password") or "", database=m.group("db"))
+
+
+def _redact(text: str) -> str:
+    return re.sub(r":[^:@/]*@", ":***@", text)
+
+
+def _connect_mysql(params: MySqlParams) -> Any:
+    try:
+        import pymysql
+    except ImportError:  # pragma: no cover - PyMySQL is a declared dependency of [mysql]
+        raise DedupError("MySQL dedup needs PyMySQL: pip install airflow-provider-overlaybd[mysql]") from None
+    try:
+        return pymysql.connect(
+            host=params.host, port=params.port, user=params.user, password=params.password,
+            database=params.database, unix_socket=params.unix_socket, charset="utf8mb4", autocommit=False,
+        )
+    except pymysql.MySQLError as exc:
+        raise DedupError(f"cannot connect to dedup database {params.describe()}: {exc}") from None
+
+
+def default_sqlite_path() -> Path:
+    """``$OVERLAYBD_DEDUP_DB`` or ``$XDG_DATA_HOME/overlaybd/dedup.db``."""
+    env = os.environ.get("OVERLAYBD_DEDUP_DB")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_DATA_HOME") or str(Path("~/.local/share").expanduser())
+    return Path(base) / "overlaybd" / "dedup.db"
+
+
+def _open_sqlite(path: Path) -> SqlDedupStore:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        conn = sqlite3.connect(str(path), timeout=60, check_same_thread=False, isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.isolation_level = ""  # back to implicit transactions, committed per call
+    except sqlite3.Error as exc:
+        raise DedupError(f"cannot open SQLite dedup database {path}: {exc}") from None
+    store = SqlDedupStore(conn, dialect=q.SQLITE, owns=True, label=f"sqlite:///{path}")
+    store.create_tables()
+    return store
+
+
+def open_dedup(db_url: str | None = None, *, dbstr: str | None = None, create: bool = True) -> SqlDedupStore:
+    """Open the dedup store named by ``--db-url`` (``mysql://user:pw@host:port/db``,
+    ``sqlite:///path``) or ``--dbstr`` (go-sql-driver DSN); neither = embedded SQLite default.
+    Tables are created when missing (``CREATE TABLE IF NOT EXISTS``)."""
+    if db_url and dbstr:
+        raise DedupError("give either --db-url or --dbstr, not both")
+    if dbstr:
+        params = parse_dbstr(dbstr)
+        store = SqlDedupStore(_connect_mysql(params), dialect=q.MYSQL, owns=True, label=params.describe())
+    elif db_url is None:
+        return _open_sqlite(default_sqlite_path())
+    else:
+        parts = urlsplit(db_url)
+        scheme = parts.scheme.lower()
+        if scheme == "sqlite":
+            # SQLAlchemy convention: sqlite:///relative.db, sqlite:////absolute/path.db
+            if not db_url.startswith("sqlite:///") or len(db_url) == len("sqlite:///"):
+                raise DedupError(f"--db-url {db_url!r}: expected sqlite:///PATH (sqlite:////abs/path)")
+            return _open_sqlite(Path(db_url[len("sqlite:///"):]))
+        if scheme in ("mysql", "mariadb", "mysql+pymysql"):
+            query = parse_qs(parts.query)
+            params = MySqlParams(
+                host=parts.hostname or "127.0.0.1", port=parts.port or 3306,
+                user=unquote(parts.username or "root"), password=unquote(parts.password or ""),
+                database=parts.path.lstrip("/"), unix_socket=(query.get("unix_socket") or [None])[0],
+            )
+            if not params.database:
+                raise DedupError(f"--db-url {_redact(db_url)!r}: missing database name")
+            store = SqlDedupStore(_connect_mysql(params), dialect=q.MYSQL, owns=True, label=params.describe())
+        else:
+            raise DedupError(f"--db-url {_redact(db_url)!r}: scheme must be mysql:// or sqlite:///")
+    if create:
+        store.create_tables()
+    return store

@@ -1,0 +1,116 @@
+"""Per-layer work shared by ``convert_image`` and the stages: fetch, build, compress.
+
+Each function is idempotent: finished output (verified) is kept, anything else is redone, and
+outputs appear atomically (temp file + rename).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from overlaybd_provider.engine.errors import EngineError
+from overlaybd_provider.engine.options import ConvertOptions
+from overlaybd_provider.engine.storeio import Endpoint
+from overlaybd_provider.engine.workspace import ImagePlan, LayerPlan, Workspace
+
+__all__ = ["LayerStats", "build_layer", "compress_layer", "fetch_reused", "fetch_source", "lower_files"]
+
+log = logging.getLogger(__name__)
+_COPY = 4 << 20
+
+
+@dataclass
+class LayerStats:
+    bytes_in: int = 0
+    bytes_out: int = 0
+    seconds: float = 0.0
+
+
+def fetch_source(ws: Workspace, src: Endpoint, layer: LayerPlan) -> int:
+    """Download the source layer (digest/size verified by the store); returns bytes fetched."""
+    path = ws.source_blob(layer)
+    if path.exists() and path.stat().st_size == layer.source_size:
+        return 0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".source.{os.getpid()}.part")
+    src.fetch_blob(layer.source_digest, layer.source_size, tmp)
+    os.replace(tmp, path)
+    return layer.source_size
+
+
+def fetch_reused(ws: Workspace, dst: Endpoint, layer: LayerPlan) -> int:
+    """Download a reused converted blob: a later layer is built on it (image.md §6)."""
+    if ws.blob_info(layer) is not None:
+        return 0
+    assert layer.digest is not None and layer.size is not None
+    path = ws.blob_path(layer)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".commit.{os.getpid()}.part")
+    dst.fetch_blob(layer.digest, layer.size, tmp)
+    os.replace(tmp, path)
+    ws.set_blob_info(layer, layer.digest, layer.size)
+    return layer.size
+
+
+def lower_files(ws: Workspace, image: ImagePlan, upto: int) -> list[Path]:
+    """Files of layers ``0..upto-1``, bottom first: the finished blob, else the raw LSMT."""
+    out = []
+    for lower in image.layers[:upto]:
+        if ws.blob_info(lower) is not None:
+            out.append(ws.blob_path(lower))
+        elif ws.lsmt_path(lower).exists():
+            out.append(ws.lsmt_path(lower))
+        else:
+            raise EngineError(f"[{image.label}] layer {lower.index} is not available as a lower for layer {upto}")
+    return out
+
+
+def build_layer(ws: Workspace, image: ImagePlan, layer: LayerPlan, options: ConvertOptions, *, raw: bool) -> LayerStats:
+    """Apply the source tar on the lowers. ``raw``: write the sealed LSMT (``layer.lsmt``, then
+    :func:`compress_layer`); otherwise write the finished blob directly (one pass)."""
+    from overlaybd_provider.ext4.apply import apply_layer
+    from overlaybd_provider.ext4.mkfs import MkfsOptions
+
+    started = time.monotonic()
+    lowers = lower_files(ws, image, layer.index)
+    source = ws.source_blob(layer)
+    out = ws.lsmt_path(layer) if raw else ws.blob_path(layer)
+    mkfs = MkfsOptions(**options.fstype.mkfs_kwargs()) if options.fstype.mkfs_options else None
+    result = apply_layer(
+        lowers, source, out,
+        vsize_gb=options.vsize_gb, algorithm=options.algorithm, block_size_kb=options.block_size_kb,
+        raw=raw, uuid=layer.uuid, parent_uuid=layer.parent_uuid or None, mkfs_options=mkfs,
+    )  # writes a temporary name and renames it on success
+    stats = LayerStats(bytes_in=source.stat().st_size, bytes_out=result.size, seconds=time.monotonic() - started)
+    if not raw:
+        ws.set_blob_info(layer, result.digest, result.size)
+    if not options.reserve:
+        source.unlink(missing_ok=True)
+    return stats
+
+
+def compress_layer(ws: Workspace, layer: LayerPlan, options: ConvertOptions) -> LayerStats:
+    """``layer.lsmt`` → ZFile → upstream tar wrapper = ``overlaybd.commit`` (layer-blob.md §4)."""
+    from overlaybd_provider.formats.blob import LayerBlobWriter
+
+    started = time.monotonic()
+    src = ws.lsmt_path(layer)
+    out = ws.blob_path(layer)
+    with ws.atomic(out) as f, open(src, "rb") as raw:
+        writer = LayerBlobWriter(f, algorithm=options.algorithm, block_size=options.block_size_kb * 1024)
+        try:
+            while chunk := raw.read(_COPY):
+                writer.write(chunk)
+        except BaseException:
+            writer.abort()
+            raise
+        info = writer.close()
+    ws.set_blob_info(layer, info.digest, info.size)
+    stats = LayerStats(bytes_in=src.stat().st_size, bytes_out=info.size, seconds=time.monotonic() - started)
+    if not options.reserve:
+        src.unlink(missing_ok=True)
+    return stats

@@ -1,0 +1,174 @@
+"""Conversion options (image.md §1) as one frozen bundle shared by the CLI, the engine and Airflow."""
+
+from __future__ import annotations
+
+import hashlib
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from overlaybd_provider.errors import OverlaybdError
+
+__all__ = [
+    "ALGORITHMS",
+    "BLOCK_SIZES_KB",
+    "ConvertOptions",
+    "FsType",
+    "OptionsError",
+    "parse_fstype",
+    "parse_platforms",
+]
+
+ALGORITHMS = ("lz4", "zstd")
+BLOCK_SIZES_KB = (4, 8, 16, 32, 64)
+# Version of our layer output format; bump when the bytes written for the same input change.
+CONVERTER_FORMAT = 1
+# Mkfs options we implement, mapped to the ext4 writer's keyword (the ext4 profile is fixed
+# otherwise; upstream's other mke2fs switches would silently change nothing here).
+_MKFS_FLAGS = {"-N": "inodes_count", "-i": "inode_ratio", "-m": "reserved_percent"}
+
+
+class OptionsError(OverlaybdError):
+    """An invalid conversion option."""
+
+
+@dataclass(frozen=True)
+class FsType:
+    """``--fstype TYPE[;MOUNT_OPTS[;MKFS_OPTS]]`` (upstream docs/MULTI_FS_SUPPORT.md)."""
+
+    name: str = "ext4"
+    mount_options: str | None = None
+    mkfs_options: tuple[tuple[str, int], ...] = ()
+    text: str = "ext4"
+
+    @property
+    def annotation(self) -> str | None:
+        """Value of ``containerd.io/snapshot/overlaybd/blob-fs-type``, or None for plain ext4.
+
+        Like ``ctr obdconv``, the whole ``--fstype`` text is passed when it carries options
+        (the snapshotter splits it on ``;`` and mounts with the second field)."""
+        return None if self.text == self.name else self.text
+
+    def mkfs_kwargs(self) -> dict[str, int]:
+        return dict(self.mkfs_options)
+
+
+def _parse_mkfs(text: str) -> tuple[tuple[str, int], ...]:
+    try:
+        words = shlex.split(text)
+    except ValueError as exc:
+        raise OptionsError(f"--fstype mkfs options {text!r}: {exc}") from None
+    result: dict[str, int] = {}
+    i = 0
+    while i < len(words):
+        word = words[i]
+        flag, value = (word[:2], word[2:]) if len(word) > 2 and word[:2] in _MKFS_FLAGS else (word, None)
+        if flag not in _MKFS_FLAGS:
+            raise OptionsError(
+                f"--fstype mkfs option {word!r} is not supported (supported: -N COUNT, -i BYTES, -m PERCENT)"
+            )
+        if value is None:
+            i += 1
+            if i >= len(words):
+                raise OptionsError(f"--fstype mkfs option {flag} needs a value")
+            value = words[i]
+        try:
+            number = int(value)
+        except ValueError:
+            raise OptionsError(f"--fstype mkfs option {flag}: {value!r} is not an integer") from None
+        if number < 0 or (flag == "-m" and number > 50) or (flag == "-i" and number < 1024):
+            raise OptionsError(f"--fstype mkfs option {flag}: {number} is out of range")
+        result[_MKFS_FLAGS[flag]] = number
+        i += 1
+    return tuple(sorted(result.items()))
+
+
+def parse_fstype(text: str) -> FsType:
+    """Parse ``TYPE[;MOUNT_OPTS[;MKFS_OPTS]]``; only ext4 is supported."""
+    parts = text.split(";")
+    if len(parts) > 3:
+        raise OptionsError(f"--fstype {text!r}: expected TYPE[;MOUNT_OPTS[;MKFS_OPTS]]")
+    name = parts[0].strip()
+    if name != "ext4":
+        raise OptionsError(f"--fstype {name!r} is not supported (only ext4)")
+    mount = parts[1] if len(parts) > 1 else None
+    if mount is not None and any(c.isspace() for c in mount):
+        raise OptionsError(f"--fstype mount options {mount!r} must be comma-separated, without spaces")
+    mkfs = _parse_mkfs(parts[2]) if len(parts) > 2 else ()
+    return FsType(name=name, mount_options=mount, mkfs_options=mkfs, text=text)
+
+
+def parse_platforms(values: list[str] | tuple[str, ...] | None) -> tuple[str, ...]:
+    """``--platform`` values (repeatable, comma lists) as sorted unique ``os/arch[/variant]``."""
+    out: set[str] = set()
+    for value in values or ():
+        for item in value.split(","):
+            item = item.strip()
+            if not item:
+                continue
+            parts = item.split("/")
+            if len(parts) not in (2, 3) or not all(parts):
+                raise OptionsError(f"--platform {item!r}: expected OS/ARCH[/VARIANT]")
+            out.add(item)
+    return tuple(sorted(out))
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    """Everything that shapes a conversion. Fields that change output bytes are listed in
+    :meth:`format_key`; the rest (work_dir, concurrency...) only change how we get there."""
+
+    algorithm: str = "lz4"
+    block_size_kb: int = 4
+    vsize_gb: int = 64
+    fstype: FsType = field(default_factory=FsType)
+    oci: bool = False
+    referrer: bool = False
+    platforms: tuple[str, ...] = ()
+    concurrency_limit: int = 4
+    work_dir: Path | None = None
+    reserve: bool = False
+    no_upload: bool = False
+    dump_manifest: bool = False
+    output_json: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.algorithm not in ALGORITHMS:
+            raise OptionsError(f"--algorithm {self.algorithm!r}: expected one of {', '.join(ALGORITHMS)}")
+        if self.block_size_kb not in BLOCK_SIZES_KB:
+            raise OptionsError(f"--bs {self.block_size_kb}: expected one of {BLOCK_SIZES_KB}")
+        if not 1 <= self.vsize_gb <= 16383:
+            raise OptionsError(f"--vsize {self.vsize_gb}: expected 1..16383 GiB")
+        if self.concurrency_limit < 1:
+            raise OptionsError(f"--concurrency-limit {self.concurrency_limit}: must be >= 1")
+        if self.referrer and not self.oci:
+            object.__setattr__(self, "oci", True)  # --referrer forces --oci (image.md §1)
+        if isinstance(self.fstype, str):
+            object.__setattr__(self, "fstype", parse_fstype(self.fstype))
+        object.__setattr__(self, "platforms", parse_platforms(list(self.platforms)))
+
+    def layer_format_id(self) -> str:
+        """Identity of the layer-blob bytes these options produce (docs/dedup.md).
+
+        Bump :data:`CONVERTER_FORMAT` whenever the writer's output bytes change; the compressor
+        library version is part of it because compressor releases change compressed bytes."""
+        mkfs = "".join(f",{k}={v}" for k, v in self.fstype.mkfs_options)
+        return (
+            f"obdpy{CONVERTER_FORMAT}/{self.algorithm}-{_compressor_version(self.algorithm)}"
+            f"/{self.block_size_kb}k/v{self.vsize_gb}/{self.fstype.name}{mkfs}"
+        )
+
+    def manifest_format_id(self) -> str:
+        """Layer format plus what else shapes the manifest bytes (subject, fs-type annotation)."""
+        extra = hashlib.sha256(f"{int(self.referrer)}|{self.fstype.annotation or ''}".encode()).hexdigest()[:12]
+        return f"{self.layer_format_id()}/m{extra}"
+
+
+def _compressor_version(algorithm: str) -> str:
+    if algorithm == "lz4":
+        import lz4
+
+        return lz4.library_version_string()
+    import zstandard
+
+    return ".".join(str(v) for v in zstandard.ZSTD_VERSION)

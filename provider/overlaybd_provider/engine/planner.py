@@ -1,0 +1,166 @@
+"""Build the conversion plan: which manifests, which layers, their chain ids, and what the dedup
+store lets us reuse (image.md §3, §5, §6)."""
+
+from __future__ import annotations
+
+import logging
+
+from overlaybd_provider.engine import manifests as mf
+from overlaybd_provider.engine.chain import chain_ids, uuid_from_chain_id
+from overlaybd_provider.engine.dedup import DedupStore
+from overlaybd_provider.engine.errors import EngineError
+from overlaybd_provider.engine.options import ConvertOptions
+from overlaybd_provider.engine.storeio import Endpoint
+from overlaybd_provider.engine.workspace import ImagePlan, LayerPlan, Plan, Workspace
+from overlaybd_provider.oci.errors import NotFoundError
+
+__all__ = ["make_plan", "resolve_dedup"]
+
+log = logging.getLogger(__name__)
+
+_MANIFEST_TYPES = (mf.DOCKER_MANIFEST, mf.OCI_MANIFEST)
+
+
+def _options_doc(options: ConvertOptions) -> dict:
+    return {
+        "algorithm": options.algorithm,
+        "block_size_kb": options.block_size_kb,
+        "vsize_gb": options.vsize_gb,
+        "fstype": options.fstype.text,
+        "oci": options.oci,
+        "referrer": options.referrer,
+        "platforms": list(options.platforms),
+        "concurrency_limit": options.concurrency_limit,
+        "reserve": options.reserve,
+        "no_upload": options.no_upload,
+    }
+
+
+def _config_platform(config: dict) -> str:
+    text = f"{config['os']}/{config['architecture']}"
+    return f"{text}/{config['variant']}" if config.get("variant") else text
+
+
+def _plan_image(
+    src: Endpoint, ws: Workspace, *, platform: str, child: int | None, media_type: str, digest: str, size: int
+) -> ImagePlan:
+    if media_type not in _MANIFEST_TYPES:
+        raise EngineError(f"{src.text}: manifest {digest} has media type {media_type!r}: not convertible")
+    data = src.get_manifest(digest, size)
+    ws.put_object(digest, data)
+    manifest = mf.parse_manifest(data)
+    cfg = manifest["config"]
+    cfg_path = ws.object_path(cfg["digest"])
+    if not cfg_path.exists():
+        tmp = ws.root / "objects" / f".{cfg['digest'][7:]}.fetch"
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        src.fetch_blob(cfg["digest"], cfg["size"], tmp)
+        tmp.replace(cfg_path)
+    config = mf.parse_config(ws.get_object(cfg["digest"]))
+    layers = manifest["layers"] or []
+    diff_ids = config["rootfs"]["diff_ids"] or []
+    if len(diff_ids) != len(layers):
+        raise EngineError(
+            f"{src.text}: manifest {digest} has {len(layers)} layers but its config lists {len(diff_ids)} diff_ids"
+        )
+    chains = chain_ids(diff_ids)
+    plan = ImagePlan(
+        platform=platform or _config_platform(config), child=child, source_digest=digest,
+        source_media_type=media_type, source_size=len(data), config_digest=cfg["digest"],
+    )
+    for i, (layer, diff_id, chain) in enumerate(zip(layers, diff_ids, chains, strict=True)):
+        plan.layers.append(
+            LayerPlan(
+                index=i, source_digest=layer["digest"], source_size=layer["size"],
+                source_media_type=layer["mediaType"], diff_id=diff_id, chain_id=chain,
+                uuid=uuid_from_chain_id(chain), parent_uuid=uuid_from_chain_id(chains[i - 1]) if i else "",
+            )
+        )
+    return plan
+
+
+def make_plan(src: Endpoint, dst_text: str, options: ConvertOptions, ws: Workspace) -> Plan:
+    """Resolve the source and read every manifest/config to convert into the workspace."""
+    media_type, digest, size = src.resolve()
+    top = src.get_manifest(digest, size)
+    ws.put_object(digest, top)
+    plan = Plan(
+        source=src.text, target=dst_text, source_digest=digest, source_media_type=media_type,
+        source_size=size, is_index=mf.is_index_media_type(media_type), options=_options_doc(options),
+        layer_format=options.layer_format_id(), manifest_format=options.manifest_format_id(),
+    )
+    if plan.is_index:
+        index = mf.parse_index(top)
+        children = mf.select_children(index, options.platforms)
+        if not children:
+            raise EngineError(f"{src.text}: no manifest matches --platform {','.join(options.platforms)}")
+        for i, child in children:
+            plan.images.append(
+                _plan_image(src, ws, platform=mf.platform_string(child), child=i,
+                            media_type=child["mediaType"], digest=child["digest"], size=child["size"])
+            )
+    else:
+        image = _plan_image(src, ws, platform="", child=None, media_type=media_type, digest=digest, size=size)
+        if options.platforms and not any(
+            image.platform == p or image.platform.startswith(p + "/") for p in options.platforms
+        ):
+            raise EngineError(f"{src.text}: image platform {image.platform} does not match --platform")
+        plan.images.append(image)
+    return plan
+
+
+def resolve_dedup(plan: Plan, dst: Endpoint, dedup: DedupStore, oci: bool) -> None:
+    """Manifest cache first, then per layer: same repo (verified), other repos (mounted)."""
+    host, repo = dst.host, dst.repo
+    out_type = mf.media_types(oci)["manifest"]
+    for image in plan.images:
+        image.cached = _manifest_cache(image, dst, dedup, host, repo, out_type, plan.manifest_format)
+        if image.cached:
+            log.info("[%s] manifest cache hit: %s (%s)", image.label, image.cached["digest"], image.cached["how"])
+            continue
+        for layer in image.layers:
+            _layer_lookup(layer, dst, dedup, host, repo, plan.layer_format)
+
+
+def _layer_lookup(layer: LayerPlan, dst: Endpoint, dedup: DedupStore, host: str, repo: str, fmt: str) -> None:
+    row = dedup.find_layer(host, repo, layer.chain_id, fmt)
+    if row is not None:
+        if dst.has_blob(row.digest):
+            layer.action, layer.dedup, layer.digest, layer.size = "reuse", "hit", row.digest, row.size
+            return
+        log.info("dedup row for %s points at missing blob %s: deleted", layer.chain_id, row.digest)
+        dedup.delete_layer(host, repo, layer.chain_id, row.digest)
+    for row in dedup.find_layer_elsewhere(host, repo, layer.chain_id, fmt):
+        if dst.mount_blob(row.digest, row.size, row.repo):
+            dedup.record_layer(host, repo, layer.chain_id, row.digest, row.size, fmt)
+            layer.action, layer.dedup, layer.digest, layer.size = "reuse", "mount", row.digest, row.size
+            return
+
+
+def _manifest_cache(
+    image: ImagePlan, dst: Endpoint, dedup: DedupStore, host: str, repo: str, out_type: str, fmt: str
+) -> dict | None:
+    row = dedup.find_manifest(host, repo, image.source_digest, out_type, fmt)
+    if row is not None:
+        if dst.has_manifest(row.digest):
+            return {"digest": row.digest, "size": row.size, "repo": repo, "how": "same-repo"}
+        dedup.delete_manifest(host, repo, image.source_digest, out_type, row.digest)
+    for row in dedup.find_manifest_elsewhere(host, repo, image.source_digest, out_type, fmt):
+        other = dst.sibling(row.repo)
+        try:
+            data = other.get_manifest(row.digest)
+        except NotFoundError as exc:
+            log.info("manifest cache row %s/%s@%s is stale (%s): deleted", host, row.repo, row.digest, exc)
+            dedup.delete_manifest(host, row.repo, image.source_digest, out_type, row.digest)
+            continue
+        finally:
+            other.close()
+        manifest = mf.parse_manifest(data)
+        blobs = [manifest["config"], *(manifest["layers"] or [])]
+        if not all(dst.has_blob(b["digest"]) or dst.mount_blob(b["digest"], b["size"], row.repo) for b in blobs):
+            continue
+        dst.push_manifest(data, out_type, None)
+        dedup.record_manifest(host, repo, image.source_digest, out_type, row.digest, len(data), fmt)
+        return {"digest": row.digest, "size": len(data), "repo": row.repo, "how": "cross-repo"}
+    return None
+

@@ -1,0 +1,137 @@
+"""Push converted layers, config, manifests and the index; record them in the dedup store.
+
+Config/manifest/index bytes are rebuilt from the source objects saved in the workspace, so the
+same source and options always give the same digests, whatever was reused (image.md §4-§5).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from overlaybd_provider.engine import manifests as mf
+from overlaybd_provider.engine.dedup import DedupStore
+from overlaybd_provider.engine.errors import StageError
+from overlaybd_provider.engine.storeio import Endpoint
+from overlaybd_provider.engine.workspace import ImagePlan, LayerPlan, Plan, Workspace
+
+__all__ = [
+    "Built",
+    "PushStats",
+    "build_image_documents",
+    "build_index_document",
+    "push_image",
+    "push_layer",
+    "record_image",
+    "record_layer",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Built:
+    """Converted documents of one image (bytes kept in the workspace objects)."""
+
+    config: mf.Descriptor
+    manifest: mf.Descriptor
+    layers: list[dict] = field(default_factory=list)
+
+
+def layer_result(ws: Workspace, layer: LayerPlan) -> tuple[str, int]:
+    if layer.action == "reuse":
+        assert layer.digest is not None and layer.size is not None
+        return layer.digest, layer.size
+    info = ws.blob_info(layer)
+    if info is None:
+        raise StageError(f"layer {layer.index} ({layer.chain_id}) has no blob: run build/compress first")
+    return info["digest"], info["size"]
+
+
+def build_image_documents(ws: Workspace, plan: Plan, image: ImagePlan) -> Built:
+    oci = plan.options["oci"]
+    fs_type = _fs_annotation(plan)
+    descs = []
+    digests = []
+    for layer in image.layers:
+        digest, size = layer_result(ws, layer)
+        layer.digest, layer.size = digest, size
+        digests.append(digest)
+        descs.append(mf.layer_descriptor(digest, size, oci=oci, fs_type=fs_type))
+    config_bytes = mf.build_config(ws.get_object(image.config_digest), digests)
+    config = mf.Descriptor.of(mf.media_types(oci)["config"], config_bytes)
+    ws.put_object(config.digest, config_bytes)
+    subject = (
+        mf.Descriptor(image.source_media_type, image.source_digest, image.source_size)
+        if plan.options["referrer"] else None
+    )
+    manifest_bytes = mf.build_manifest(ws.get_object(image.source_digest), config, descs, oci=oci, subject=subject)
+    manifest = mf.Descriptor.of(mf.media_types(oci)["manifest"], manifest_bytes)
+    ws.put_object(manifest.digest, manifest_bytes)
+    return Built(config, manifest, descs)
+
+
+def _fs_annotation(plan: Plan) -> str | None:
+    from overlaybd_provider.engine.options import parse_fstype
+
+    return parse_fstype(plan.options["fstype"]).annotation
+
+
+def build_index_document(ws: Workspace, plan: Plan, results: dict[int, mf.Descriptor]) -> mf.Descriptor:
+    subject = (
+        mf.Descriptor(plan.source_media_type, plan.source_digest, plan.source_size)
+        if plan.options["referrer"] else None
+    )
+    data = mf.build_index(ws.get_object(plan.source_digest), results, oci=plan.options["oci"], subject=subject)
+    media_type = mf.OCI_INDEX if plan.options["oci"] else plan.source_media_type
+    desc = mf.Descriptor.of(media_type, data)
+    ws.put_object(desc.digest, data)
+    return desc
+
+
+@dataclass
+class PushStats:
+    pushed: int = 0
+    existing: int = 0
+    bytes: int = 0
+
+
+def push_layer(ws: Workspace, dst: Endpoint, layer: LayerPlan, stats: PushStats) -> None:
+    digest, size = layer_result(ws, layer)
+    if layer.action == "reuse":
+        stats.existing += 1
+        return
+    if dst.push_blob_file(ws.blob_path(layer), digest, size):
+        stats.pushed += 1
+        stats.bytes += size
+    else:
+        stats.existing += 1
+
+
+def push_image(ws: Workspace, dst: Endpoint, plan: Plan, image: ImagePlan, built: Built, stats: PushStats,
+               *, tag: str | None) -> None:
+    """Layers (missing ones), config, then the manifest (tagged only for a single-image source)."""
+    for layer in image.layers:
+        push_layer(ws, dst, layer, stats)
+    if dst.push_blob_bytes(ws.get_object(built.config.digest), built.config.digest, ws.root / "objects"):
+        stats.pushed += 1
+        stats.bytes += built.config.size
+    dst.push_manifest(ws.get_object(built.manifest.digest), built.manifest.media_type, tag)
+
+
+def record_layer(dedup: DedupStore | None, dst: Endpoint, plan: Plan, layer: LayerPlan, digest: str,
+                 size: int) -> int:
+    """Record a freshly converted, pushed layer (reused ones already have their row)."""
+    if dedup is None or layer.action != "build" or not dst.is_registry:
+        return 0
+    dedup.record_layer(dst.host, dst.repo, layer.chain_id, digest, size, plan.layer_format)
+    return 1
+
+
+def record_image(dedup: DedupStore | None, dst: Endpoint, plan: Plan, image: ImagePlan,
+                 manifest: mf.Descriptor) -> int:
+    if dedup is None or not dst.is_registry or image.cached:
+        return 0
+    dedup.record_manifest(dst.host, dst.repo, image.source_digest, manifest.media_type, manifest.digest,
+                          manifest.size, plan.manifest_format)
+    return 1

@@ -1,0 +1,180 @@
+"""Build one overlaybd layer from an OCI layer tar on top of lower layers.
+
+``apply_layer`` is the file-level entry (``overlaybd apply-layer`` uses it); ``apply_to_stack``
+is the seam for the engine: an already open lower stack (or None: mkfs first), a tar stream,
+and an output file. The upper block store is sealed straight into the LSMT writer, which
+writes into the ZFile/blob writer, so nothing layer-sized is held in memory. Output goes to a
+temporary name that is renamed only on success.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from overlaybd_provider.ext4.blockdev import LowerStack, OverlayBlockDevice
+from overlaybd_provider.ext4.changeset import ApplyStats, apply_tar
+from overlaybd_provider.ext4.errors import Ext4Error
+from overlaybd_provider.ext4.fs import Filesystem
+from overlaybd_provider.ext4.layout import BLOCK_SIZE, SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE, Superblock
+from overlaybd_provider.ext4.mkfs import MkfsOptions, mkfs
+from overlaybd_provider.ext4.tarstream import ForwardReader, decompressed, open_tar_stream
+
+log = logging.getLogger(__name__)
+
+GIB = 1 << 30
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    """What one apply produced: the blob's OCI digest and size, and what went into it."""
+
+    digest: str
+    size: int
+    blocks_written: int
+    files: int
+    entries: int
+    tar_bytes: int
+    compression: str
+    seconds: float
+
+
+@dataclass(frozen=True)
+class StackApplyStats:
+    blocks_written: int
+    stats: ApplyStats
+    tar_bytes: int
+    compression: str
+    virtual_size: int
+    digest: str  # sha256 of what was written to ``out`` ("sha256:..."), size in ``size``
+    size: int
+
+
+class _HashingWriter:
+    """Pass-through writer that hashes and counts (the sealed LSMT is written front to back)."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self._out, self._h, self.size = out, hashlib.sha256(), 0
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        self._h.update(data)
+        self.size += len(data)
+        return self._out.write(data)
+
+    def seekable(self) -> bool:
+        return False
+
+    def flush(self) -> None:
+        self._out.flush()
+
+    @property
+    def digest(self) -> str:
+        return "sha256:" + self._h.hexdigest()
+
+
+def apply_to_stack(lower: LowerStack | None, tar: BinaryIO, out: BinaryIO, *, vsize_gb: int = 64,
+                   raw: bool = False, algorithm: str = "lz4", block_size_kb: int = 4,
+                   uuid: str | None = None, parent_uuid: str | None = None,
+                   mkfs_options: MkfsOptions | str | None = None,
+                   spool_dir: str | None = None) -> StackApplyStats:
+    """Apply ``tar`` over ``lower`` and write the layer to ``out`` (LSMT if ``raw``, else blob).
+
+    ``out`` must be seekable and readable for blobs (the blob writer back-patches and hashes).
+    """
+    from overlaybd_provider.formats.blob import LayerBlobWriter
+    from overlaybd_provider.formats.lsmt_writer import LSMTWriter
+
+    if lower is None:
+        vsize = vsize_gb * GIB
+    elif lower.virtual_size:
+        vsize = lower.virtual_size
+    else:  # upper layers may carry virtual_size 0: the filesystem itself knows its size
+        sb = Superblock.from_bytes(lower.read(SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE))
+        vsize = sb.blocks_count * BLOCK_SIZE
+    dev = OverlayBlockDevice(lower, block_count=vsize // BLOCK_SIZE, spool_dir=spool_dir)
+    try:
+        if lower is None:
+            opts = mkfs_options if isinstance(mkfs_options, MkfsOptions) else MkfsOptions.parse(mkfs_options)
+            fs = mkfs(dev, opts)
+        else:
+            fs = Filesystem(dev)
+        stream, compression = decompressed(tar)
+        counter = ForwardReader(stream)
+        tf = open_tar_stream(counter)
+        stats = apply_tar(fs, tf)
+        while counter.read(1 << 20):  # drain padding: counts the whole tar, checks gzip/zstd trailers
+            pass
+        if raw:
+            hw = _HashingWriter(out)
+            writer = LSMTWriter(hw, virtual_size=vsize, uuid=uuid, parent_uuid=parent_uuid)  # type: ignore[arg-type]
+            blocks = dev.seal(writer)
+            writer.close()
+            digest, size = hw.digest, hw.size
+        else:
+            blob = LayerBlobWriter(out, algorithm=algorithm, block_size=block_size_kb * 1024)
+            try:
+                writer = LSMTWriter(blob, virtual_size=vsize, uuid=uuid, parent_uuid=parent_uuid)  # type: ignore[arg-type]
+                blocks = dev.seal(writer)
+                writer.close()
+                info = blob.close()
+                digest, size = info.digest, info.size
+            except BaseException:
+                blob.abort()
+                raise
+        log.debug("layer: %d entries, %d blocks written, %d tar bytes (%s)", stats.entries, blocks,
+                 counter.count, compression)
+        return StackApplyStats(blocks, stats, counter.count, compression, vsize, digest, size)
+    finally:
+        dev.close()
+
+
+def apply_layer(lowers: Sequence[str | os.PathLike[str]], tar_path_or_fileobj: str | os.PathLike[str] | BinaryIO,
+                out_path: str | os.PathLike[str], *, vsize_gb: int = 64, algorithm: str = "lz4",
+                block_size_kb: int = 4, raw: bool = False, uuid: str | None = None,
+                parent_uuid: str | None = None, mkfs_options: MkfsOptions | str | None = None) -> ApplyResult:
+    """Apply one layer tar over the lower blobs (bottom first) and write ``out_path``."""
+    from overlaybd_provider.formats.blob import open_layer
+    from overlaybd_provider.formats.stack import LayerStack
+
+    started = time.monotonic()
+    out_path = Path(out_path)
+    layers = [open_layer(p) for p in lowers]
+    tmp_name = None
+    try:
+        stack = LayerStack([lf.lsmt for lf in layers], check_chain=False) if layers else None
+        with contextlib.ExitStack() as stack_ctx:
+            if isinstance(tar_path_or_fileobj, (str, os.PathLike)):
+                try:
+                    tar = stack_ctx.enter_context(open(tar_path_or_fileobj, "rb"))
+                except OSError as exc:
+                    raise Ext4Error(f"{tar_path_or_fileobj}: cannot open: {exc.strerror}") from None
+            else:
+                tar = tar_path_or_fileobj
+            fd, tmp_name = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp",
+                                            dir=out_path.parent or ".")
+            umask = os.umask(0)
+            os.umask(umask)
+            os.fchmod(fd, 0o666 & ~umask)
+            with os.fdopen(fd, "w+b") as out:
+                res = apply_to_stack(stack, tar, out, vsize_gb=vsize_gb, raw=raw, algorithm=algorithm,
+                                     block_size_kb=block_size_kb, uuid=uuid, parent_uuid=parent_uuid,
+                                     mkfs_options=mkfs_options, spool_dir=str(out_path.parent))
+                out.flush()
+        os.replace(tmp_name, out_path)
+        tmp_name = None
+        return ApplyResult(res.digest, res.size, res.blocks_written, res.stats.files, res.stats.entries,
+                           res.tar_bytes, res.compression, time.monotonic() - started)
+    finally:
+        if tmp_name is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp_name)
+        for lf in layers:
+            lf.close()
