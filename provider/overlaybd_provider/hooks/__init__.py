@@ -1,1 +1,1 @@
-
+"""Airflow hooks: registry connections and the dedup database."""
