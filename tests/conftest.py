@@ -11,6 +11,8 @@ e2fsprogs judge) and are loaded as plugins below.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -24,6 +26,16 @@ pytest_plugins = [
     "support.registry",
     "support.mariadb",
 ]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Keep the converter's local blob cache ($XDG_CACHE_HOME/overlaybd) out of the user's home:
+    every test process and its children share one throw-away cache for the session."""
+    if "OVERLAYBD_TEST_XDG_CACHE" not in os.environ:
+        cache = tempfile.mkdtemp(prefix="overlaybd-test-xdg-")
+        os.environ["OVERLAYBD_TEST_XDG_CACHE"] = cache
+        os.environ["XDG_CACHE_HOME"] = cache
+        config.add_cleanup(lambda: shutil.rmtree(cache, ignore_errors=True))
 
 
 def shared_root() -> Path:

@@ -6,8 +6,6 @@ import argparse
 import json
 import logging
 
-from overlaybd_provider.ext4.apply import apply_layer
-
 log = logging.getLogger(__name__)
 
 
@@ -39,6 +37,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from overlaybd_provider.ext4.apply import apply_layer
+
     res = apply_layer(args.lower, args.layer, args.output, vsize_gb=args.vsize, algorithm=args.algorithm,
                       block_size_kb=args.bs, raw=args.raw, uuid=args.uuid, parent_uuid=args.parent_uuid,
                       mkfs_options=args.mkfs_options)

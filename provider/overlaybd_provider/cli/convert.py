@@ -52,6 +52,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                            help="platforms converted in parallel (default 4)")
     run_group.add_argument("--work-dir", type=Path, metavar="DIR",
                            help="working directory (kept state makes an interrupted run resumable)")
+    run_group.add_argument("--blob-cache", metavar="DIR|none",
+                           help="local cache of converted blobs, so reused lowers built or fetched on this "
+                           "machine are not downloaded again (default $XDG_CACHE_HOME/overlaybd/blobs)")
+    run_group.add_argument("--blob-cache-size", type=float, default=20.0, metavar="GB",
+                           help="blob cache bound, least recently used entries evicted (default 20)")
     run_group.add_argument("--reserve", action="store_true", help="keep the working files")
     run_group.add_argument("--no-upload", action="store_true", help="convert but push nothing")
     run_group.add_argument("--dump-manifest", action="store_true",
@@ -68,6 +73,8 @@ def options_from_args(args: argparse.Namespace) -> ConvertOptions:
         oci=args.oci, referrer=args.referrer, platforms=tuple(args.platform),
         concurrency_limit=args.concurrency_limit, work_dir=args.work_dir, reserve=args.reserve,
         no_upload=args.no_upload, dump_manifest=args.dump_manifest, output_json=args.output_json,
+        blob_cache=None if args.blob_cache in (None, "none") else Path(args.blob_cache),
+        blob_cache_max_bytes=0 if args.blob_cache == "none" else int(args.blob_cache_size * (1 << 30)),
     )
 
 

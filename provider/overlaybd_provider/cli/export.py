@@ -6,10 +6,6 @@ import argparse
 import contextlib
 import logging
 
-from overlaybd_provider.formats.blob import open_layer
-from overlaybd_provider.formats.export import export_raw
-from overlaybd_provider.formats.stack import LayerStack
-
 from .atomic import atomic_output
 
 log = logging.getLogger(__name__)
@@ -33,6 +29,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from overlaybd_provider.formats.blob import open_layer
+    from overlaybd_provider.formats.export import export_raw
+    from overlaybd_provider.formats.stack import LayerStack
+
     with contextlib.ExitStack() as stack:
         layers = [stack.enter_context(open_layer(path)) for path in args.blobs]
         merged = LayerStack([layer.lsmt for layer in layers], check_chain=not args.ignore_uuid_chain)

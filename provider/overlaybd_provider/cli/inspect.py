@@ -13,7 +13,6 @@ import os
 from typing import Any
 
 from overlaybd_provider.errors import OverlaybdError
-from overlaybd_provider.formats.blob import open_layer
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -36,6 +35,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def describe(path: str) -> dict[str, Any]:
+    from overlaybd_provider.formats.blob import open_layer
+
     """Everything ``inspect`` prints, as a JSON-able dict."""
     with open_layer(path) as layer:
         info: dict[str, Any] = {"file": layer.name, "size": layer.size, "nesting": layer.nesting}

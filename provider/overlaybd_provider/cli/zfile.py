@@ -7,12 +7,11 @@ import argparse
 import json
 
 from overlaybd_provider.errors import OverlaybdError
-from overlaybd_provider.formats.blob import LayerBlobWriter, open_layer
-from overlaybd_provider.formats.zfile_header import ALGORITHMS
 
 from .atomic import atomic_output
 
 _COPY = 4 << 20
+_ALGORITHMS = ("lz4", "zstd")  # formats.zfile_header.ALGORITHMS, not imported: keeps start-up cheap
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -25,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("src", metavar="SRC", help="input layer")
     p.add_argument("dst", metavar="DST", help="output file (replaced atomically)")
     p.add_argument("--decompress", "-x", action="store_true", help="write the plain LSMT instead")
-    p.add_argument("--algorithm", choices=sorted(ALGORITHMS), default="lz4", help="compressor (default lz4)")
+    p.add_argument("--algorithm", choices=_ALGORITHMS, default="lz4", help="compressor (default lz4)")
     p.add_argument(
         "--bs", type=int, choices=(4, 8, 16, 32, 64), default=4, metavar="KB",
         help="block size in KiB: 4, 8, 16, 32 or 64 (default 4)",
@@ -35,6 +34,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from overlaybd_provider.formats.blob import LayerBlobWriter, open_layer
+
     if args.level is not None and (args.algorithm != "zstd" or not 1 <= args.level <= 22):
         raise OverlaybdError(f"--level {args.level}: only zstd levels 1..22 are supported")
     with open_layer(args.src) as layer, atomic_output(args.dst) as out:

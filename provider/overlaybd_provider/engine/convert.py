@@ -15,7 +15,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from overlaybd_provider.engine import layerops, publish
@@ -52,27 +52,53 @@ def _work_dir(options: ConvertOptions) -> Iterator[tuple[Path, bool]]:
 
 def _convert_one(ws: Workspace, plan: Plan, image: ImagePlan, options: ConvertOptions, src: Endpoint,
                  dst: Endpoint, dedup: DedupStore | None, progress: Progress | None) -> None:
-    """One platform: every layer to build is downloaded, built, pushed and recorded in order."""
-    download_inputs(ws, plan, image, src, dst if not options.no_upload else None, progress)
+    """One platform: every layer to build is downloaded, built, pushed and recorded in order.
+
+    The push (+ record) of layer *i* runs on one background thread while layer *i+1* is built; at
+    most one push is in flight, pushes and records keep layer order, and a push error stops the
+    build loop and is raised here (nothing is tagged: documents are pushed after this returns)."""
+    cache = options.blob_cache_store()
+    download_inputs(ws, plan, image, src, dst if not options.no_upload else None, progress, cache)
     stats = publish.PushStats()
-    for layer in image.layers:
-        if layer.action == "reuse":
-            emit(progress, image, layer, "reused")
-            continue
-        with ws.layer_lock(layer):
-            info = ws.blob_info(layer)
-            if info is None:
-                result = layerops.build_layer(ws, image, layer, options, raw=False)
-                add_stats(ws, layer, bytes_in=result.bytes_in, bytes_out=result.bytes_out, seconds=result.seconds)
-                emit(progress, image, layer, "built", bytes_in=result.bytes_in, bytes_out=result.bytes_out,
-                     seconds=result.seconds)
-                info = ws.blob_info(layer)
-            else:
-                emit(progress, image, layer, "already built")
-        assert info is not None
-        if not options.no_upload:
-            publish.push_layer(ws, dst, layer, stats)
-            publish.record_layer(dedup, dst, plan, layer, info["digest"], info["size"])
+    with ThreadPoolExecutor(1, thread_name_prefix="obd-push") as uploader:
+        pending: Future[None] | None = None
+        try:
+            for layer in image.layers:
+                if pending is not None and pending.done():
+                    pending.result()  # a failed push stops the conversion before more work
+                if layer.action == "reuse":
+                    emit(progress, image, layer, "reused")
+                    continue
+                with ws.layer_lock(layer):
+                    info = ws.blob_info(layer)
+                    if info is None:
+                        result = layerops.build_layer(ws, image, layer, options, raw=False, cache=cache)
+                        add_stats(ws, layer, bytes_in=result.bytes_in, bytes_out=result.bytes_out,
+                                  seconds=result.seconds)
+                        emit(progress, image, layer, "built", bytes_in=result.bytes_in, bytes_out=result.bytes_out,
+                             seconds=result.seconds)
+                        info = ws.blob_info(layer)
+                    else:
+                        emit(progress, image, layer, "already built")
+                assert info is not None
+                if options.no_upload:
+                    continue
+                if pending is not None:
+                    pending.result()  # bounded: one push in flight
+                pending = uploader.submit(_push_and_record, ws, dst, dedup, plan, layer, info, stats)
+            if pending is not None:
+                pending.result()
+        except BaseException:
+            if pending is not None:
+                pending.cancel()
+            raise
+
+
+def _push_and_record(ws: Workspace, dst: Endpoint, dedup: DedupStore | None, plan: Plan, layer, info: dict,
+                     stats: publish.PushStats) -> None:
+    """Recorded only after the push succeeded (a killed run re-pushes, never trusts a missing blob)."""
+    publish.push_layer(ws, dst, layer, stats)
+    publish.record_layer(dedup, dst, plan, layer, info["digest"], info["size"])
 
 
 def convert_image(

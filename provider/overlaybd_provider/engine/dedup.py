@@ -90,16 +90,21 @@ class SqlDedupStore:
         return self._label
 
     def _run(self, sql: str, params: tuple = (), *, fetch: bool = False) -> list[tuple]:
+        return self._transaction([(sql, params)], fetch=fetch)
+
+    def _transaction(self, statements: list[tuple[str, tuple]], *, fetch: bool = False) -> list[tuple]:
+        """Runs the statements in one transaction (committed once, rolled back on any error), so a
+        row and its format marker appear together or not at all, even if the process is killed.
+        Returns the rows fetched by the last statement when ``fetch``."""
         with self._lock:
             cur = self.conn.cursor()
+            rows: list[tuple] = []
             try:
-                cur.execute(self.dialect.sql(sql) if "?" in sql else sql, params)
-                rows = list(cur.fetchall()) if fetch else []
+                for sql, params in statements:
+                    cur.execute(self.dialect.sql(sql) if "?" in sql else sql, params)
+                    rows = list(cur.fetchall()) if fetch else []
             except Exception:
-                try:
-                    self.conn.rollback()
-                finally:
-                    pass
+                self.conn.rollback()
                 raise
             finally:
                 cur.close()
@@ -121,22 +126,24 @@ class SqlDedupStore:
         return [Row(r[0], r[1], int(r[2])) for r in rows]
 
     def record_layer(self, host: str, repo: str, chain_id: str, digest: str, size: int, format_id: str) -> None:
-        with self._lock:
-            self._run(
+        self._transaction([
+            (
                 self.dialect.insert("overlaybd_layers", ("host", "repo", "chain_id", "data_digest", "data_size")),
                 (host, repo, chain_id, digest, size),
-            )
-            self._run(
+            ),
+            (
                 self.dialect.insert(
                     "overlaybd_layer_formats", ("host", "repo", "chain_id", "data_digest", "format_id")
                 ),
                 (host, repo, chain_id, digest, format_id),
-            )
+            ),
+        ])
 
     def delete_layer(self, host: str, repo: str, chain_id: str, digest: str) -> None:
-        with self._lock:
-            self._run(q.LAYER_DELETE, (host, repo, chain_id, digest))
-            self._run(q.LAYER_FORMAT_DELETE, (host, repo, chain_id, digest))
+        self._transaction([
+            (q.LAYER_DELETE, (host, repo, chain_id, digest)),
+            (q.LAYER_FORMAT_DELETE, (host, repo, chain_id, digest)),
+        ])
 
     # manifests ---------------------------------------------------------------
 
@@ -153,25 +160,27 @@ class SqlDedupStore:
     def record_manifest(
         self, host: str, repo: str, src_digest: str, media_type: str, digest: str, size: int, format_id: str
     ) -> None:
-        with self._lock:
-            self._run(
+        self._transaction([
+            (
                 self.dialect.insert(
                     "overlaybd_manifests", ("host", "repo", "src_digest", "out_digest", "data_size", "mediatype")
                 ),
                 (host, repo, src_digest, digest, size, media_type),
-            )
-            self._run(
+            ),
+            (
                 self.dialect.insert(
                     "overlaybd_manifest_formats",
                     ("host", "repo", "src_digest", "mediatype", "out_digest", "format_id"),
                 ),
                 (host, repo, src_digest, media_type, digest, format_id),
-            )
+            ),
+        ])
 
     def delete_manifest(self, host: str, repo: str, src_digest: str, media_type: str, digest: str) -> None:
-        with self._lock:
-            self._run(q.MANIFEST_DELETE, (host, repo, src_digest, media_type, digest))
-            self._run(q.MANIFEST_FORMAT_DELETE, (host, repo, src_digest, media_type, digest))
+        self._transaction([
+            (q.MANIFEST_DELETE, (host, repo, src_digest, media_type, digest)),
+            (q.MANIFEST_FORMAT_DELETE, (host, repo, src_digest, media_type, digest)),
+        ])
 
     def close(self) -> None:
         if self._owns:

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from overlaybd_provider.engine.blobcache import BlobCache
 from overlaybd_provider.engine.errors import EngineError
 from overlaybd_provider.engine.options import ConvertOptions
 from overlaybd_provider.engine.storeio import Endpoint
@@ -42,17 +44,25 @@ def fetch_source(ws: Workspace, src: Endpoint, layer: LayerPlan) -> int:
     return layer.source_size
 
 
-def fetch_reused(ws: Workspace, dst: Endpoint, layer: LayerPlan) -> int:
-    """Download a reused converted blob: a later layer is built on it (image.md §6)."""
+def fetch_reused(ws: Workspace, dst: Endpoint, layer: LayerPlan, cache: BlobCache | None = None) -> int:
+    """Download a reused converted blob: a later layer is built on it (image.md §6).
+
+    A valid entry of the local blob ``cache`` is linked instead (0 bytes fetched); a download
+    (digest/size verified by the store) is added to the cache."""
     if ws.blob_info(layer) is not None:
         return 0
     assert layer.digest is not None and layer.size is not None
     path = ws.blob_path(layer)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".commit.{os.getpid()}.part")
+    if cache is not None and cache.get(layer.digest, layer.size, path):
+        ws.set_blob_info(layer, layer.digest, layer.size)
+        return 0
+    tmp = path.with_name(f".commit.{os.getpid()}.{threading.get_ident()}.part")
     dst.fetch_blob(layer.digest, layer.size, tmp)
     os.replace(tmp, path)
     ws.set_blob_info(layer, layer.digest, layer.size)
+    if cache is not None:
+        cache.put(path, layer.digest, layer.size)
     return layer.size
 
 
@@ -69,7 +79,8 @@ def lower_files(ws: Workspace, image: ImagePlan, upto: int) -> list[Path]:
     return out
 
 
-def build_layer(ws: Workspace, image: ImagePlan, layer: LayerPlan, options: ConvertOptions, *, raw: bool) -> LayerStats:
+def build_layer(ws: Workspace, image: ImagePlan, layer: LayerPlan, options: ConvertOptions, *, raw: bool,
+                cache: BlobCache | None = None) -> LayerStats:
     """Apply the source tar on the lowers. ``raw``: write the sealed LSMT (``layer.lsmt``, then
     :func:`compress_layer`); otherwise write the finished blob directly (one pass)."""
     from overlaybd_provider.ext4.apply import apply_layer
@@ -88,6 +99,8 @@ def build_layer(ws: Workspace, image: ImagePlan, layer: LayerPlan, options: Conv
     stats = LayerStats(bytes_in=source.stat().st_size, bytes_out=result.size, seconds=time.monotonic() - started)
     if not raw:
         ws.set_blob_info(layer, result.digest, result.size)
+        if cache is not None:
+            cache.put(out, result.digest, result.size)
     if not options.reserve:
         source.unlink(missing_ok=True)
     return stats

@@ -6,8 +6,12 @@ import hashlib
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from overlaybd_provider.errors import OverlaybdError
+
+if TYPE_CHECKING:
+    from overlaybd_provider.engine.blobcache import BlobCache
 
 __all__ = [
     "ALGORITHMS",
@@ -131,6 +135,17 @@ class ConvertOptions:
     no_upload: bool = False
     dump_manifest: bool = False
     output_json: Path | None = None
+    # Local blob cache (engine/blobcache.py): None = $XDG_CACHE_HOME/overlaybd/blobs; max 0 disables it.
+    blob_cache: Path | None = None
+    blob_cache_max_bytes: int = 20 << 30
+
+    def blob_cache_store(self) -> BlobCache | None:
+        """The :class:`~.blobcache.BlobCache` these options select, or None when disabled."""
+        from overlaybd_provider.engine.blobcache import BlobCache, default_cache_dir
+
+        if self.blob_cache_max_bytes <= 0:
+            return None
+        return BlobCache(self.blob_cache or default_cache_dir(), self.blob_cache_max_bytes)
 
     def __post_init__(self) -> None:
         if self.algorithm not in ALGORITHMS:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from overlaybd_provider.engine import layerops, publish
+from overlaybd_provider.engine.blobcache import BlobCache
 from overlaybd_provider.engine.dedup import DedupStore
 from overlaybd_provider.engine.errors import StageError
 from overlaybd_provider.engine.options import ConvertOptions, parse_fstype
@@ -27,6 +28,7 @@ from overlaybd_provider.oci.options import RegistryOptions
 __all__ = ["build", "cleanup", "compress", "options_from_plan", "pull", "push", "record", "report"]
 
 log = logging.getLogger(__name__)
+_DOWNLOADS = 4  # concurrent blob downloads per image
 
 
 def options_from_plan(plan: Plan) -> ConvertOptions:
@@ -53,28 +55,36 @@ def _map(images: list[ImagePlan], limit: int, fn) -> list[Any]:
 
 
 def download_inputs(ws: Workspace, plan: Plan, image: ImagePlan, src: Endpoint, dst: Endpoint | None,
-                    progress: Progress | None = None) -> int:
-    """Source tars of layers to build, and reused blobs that a built layer stands on."""
+                    progress: Progress | None = None, cache: BlobCache | None = None) -> int:
+    """Source tars of layers to build, and reused blobs that a built layer stands on.
+
+    The downloads run concurrently (they are independent; each output appears atomically), and a
+    reused blob found in the local blob ``cache`` is linked instead of downloaded."""
     builds = [layer.index for layer in image.layers if layer.action == "build" and ws.blob_info(layer) is None]
     last_build = max(builds, default=-1)
-    total = 0
+    jobs = []
     for layer in image.layers:
-        started = time.monotonic()
         if layer.index in builds and not ws.lsmt_path(layer).exists():
-            with ws.layer_lock(layer):
-                n = layerops.fetch_source(ws, src, layer)
+            jobs.append((layer, lambda layer=layer: layerops.fetch_source(ws, src, layer)))
         elif layer.action == "reuse" and layer.index < last_build:
             if dst is None:
                 raise StageError("a reused layer must be downloaded but no target store is open")
-            with ws.layer_lock(layer):
-                n = layerops.fetch_reused(ws, dst, layer)
-        else:
-            continue
+            jobs.append((layer, lambda layer=layer: layerops.fetch_reused(ws, dst, layer, cache)))
+
+    def run(layer, fetch) -> int:
+        started = time.monotonic()
+        with ws.layer_lock(layer):
+            n = fetch()
         if n:
             add_stats(ws, layer, fetched=n, seconds=time.monotonic() - started)
             emit(progress, image, layer, "downloaded", bytes_in=n, seconds=time.monotonic() - started)
-        total += n
-    return total
+        return n
+
+    if len(jobs) <= 1:
+        return sum(run(layer, fetch) for layer, fetch in jobs)
+    with ThreadPoolExecutor(min(len(jobs), _DOWNLOADS), thread_name_prefix="obd-fetch") as pool:
+        futures = [pool.submit(run, layer, fetch) for layer, fetch in jobs]
+        return sum(f.result() for f in futures)
 
 
 def prepare(src: str, dst: str, ws: Workspace, options: ConvertOptions, src_ep: Endpoint, dst_ep: Endpoint,
@@ -102,8 +112,9 @@ def pull(src: str, dst: str, staging_dir: str | Path, *, options: ConvertOptions
     dst_ep = open_endpoint(dst, dst_registry)
     try:
         plan = prepare(src, dst, ws, options, src_ep, dst_ep, dedup)
+        cache = options.blob_cache_store()
         downloaded = _map(_selected(plan, None), options.concurrency_limit,
-                          lambda image: download_inputs(ws, plan, image, src_ep, dst_ep, progress))
+                          lambda image: download_inputs(ws, plan, image, src_ep, dst_ep, progress, cache))
     finally:
         src_ep.close()
         dst_ep.close()

@@ -99,7 +99,16 @@ def apply_to_stack(lower: LowerStack | None, tar: BinaryIO, out: BinaryIO, *, vs
     else:  # upper layers may carry virtual_size 0: the filesystem itself knows its size
         sb = Superblock.from_bytes(lower.read(SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE))
         vsize = sb.blocks_count * BLOCK_SIZE
-    dev = OverlayBlockDevice(lower, block_count=vsize // BLOCK_SIZE, spool_dir=spool_dir)
+    compressor = None
+    if not raw and block_size_kb * 1024 == BLOCK_SIZE:
+        # 4 KiB ZFile blocks map 1:1 onto LSMT blocks: compress file data while the tar is read
+        from overlaybd_provider.formats.zfile_codec import BatchCompressor
+        from overlaybd_provider.formats.zfile_header import ALGORITHMS
+
+        if algorithm not in ALGORITHMS:
+            raise ValueError(f"unknown ZFile algorithm {algorithm!r} (use lz4 or zstd)")
+        compressor = BatchCompressor(ALGORITHMS[algorithm], BLOCK_SIZE, zstd_threads=min(2, os.cpu_count() or 1))
+    dev = OverlayBlockDevice(lower, block_count=vsize // BLOCK_SIZE, spool_dir=spool_dir, compressor=compressor)
     try:
         if lower is None:
             opts = mkfs_options if isinstance(mkfs_options, MkfsOptions) else MkfsOptions.parse(mkfs_options)
@@ -112,7 +121,13 @@ def apply_to_stack(lower: LowerStack | None, tar: BinaryIO, out: BinaryIO, *, vs
         stats = apply_tar(fs, tf)
         while counter.read(1 << 20):  # drain padding: counts the whole tar, checks gzip/zstd trailers
             pass
-        if raw:
+        if compressor is not None:
+            from overlaybd_provider.ext4.seal import seal_blob
+
+            info, blocks = seal_blob(dev, out, virtual_size=vsize, uuid=uuid, parent_uuid=parent_uuid,
+                                     algorithm=algorithm)
+            digest, size = info.digest, info.size
+        elif raw:
             hw = _HashingWriter(out)
             writer = LSMTWriter(hw, virtual_size=vsize, uuid=uuid, parent_uuid=parent_uuid)  # type: ignore[arg-type]
             blocks = dev.seal(writer)

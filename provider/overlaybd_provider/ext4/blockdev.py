@@ -12,10 +12,15 @@ import bisect
 import logging
 import os
 import tempfile
+from array import array
 from collections.abc import Iterator
-from typing import BinaryIO, Protocol
+from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 from overlaybd_provider.ext4.layout import BLOCK_SIZE
+
+if TYPE_CHECKING:
+    from overlaybd_provider.formats.zfile_codec import BatchCompressor
+    from overlaybd_provider.formats.zfile_spool import CompressedSpool
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +71,17 @@ class RawImageSink:
 
 
 class OverlayBlockDevice:
-    """Block device = lower stack (read-only) + upper store (everything written)."""
+    """Block device = lower stack (read-only) + upper store (everything written).
+
+    With ``compressor`` (a 4 KiB ZFile :class:`BatchCompressor`), fresh contiguous ranges
+    (file data, the bulk of a layer) are compressed as they arrive and spooled as stored ZFile
+    blocks: a 4 KiB-block ZFile of a sealed LSMT maps every LSMT block (header, data, index) to
+    exactly one ZFile block, so a data block's stored bytes do not depend on where it ends up,
+    and :mod:`ext4.seal` can write the blob without a second pass over the raw data.
+    """
 
     def __init__(self, lower: LowerStack | None, *, block_count: int | None = None,
-                 spool_dir: str | None = None) -> None:
+                 spool_dir: str | None = None, compressor: BatchCompressor | None = None) -> None:
         self.lower = lower
         if block_count is None:
             block_count = (lower.virtual_size // BLOCK_SIZE) if lower is not None else 0
@@ -87,43 +99,111 @@ class OverlayBlockDevice:
         self._pend_bytes = 0
         self._pend_slot = 0
         self._max_end = 0  # one past the highest block held by the upper store
+        # compressed runs (``compressor`` set): run slots index stored blocks in the z-spool
+        self.compressor = compressor
+        self._zs: CompressedSpool | None = None
+        self._shadowed = 0  # singles written over blocks of compressed runs
+        if compressor is not None:
+            from overlaybd_provider.formats.zfile_spool import CompressedSpool
+
+            if compressor.block_size != BLOCK_SIZE:
+                raise ValueError("the spool compressor must use 4 KiB blocks")
+            self._zs = CompressedSpool(compressor, spool_dir=spool_dir)
 
     # -- reads -----------------------------------------------------------------------------
     def _flush_pending(self) -> None:
-        if self._pend:
-            pos = self._pend_slot * BLOCK_SIZE
-            for i in range(0, len(self._pend), _IOV_MAX):
-                bufs = self._pend[i:i + _IOV_MAX]
-                want = sum(len(b) for b in bufs)
-                done = os.pwritev(self._fd, bufs, pos)
-                if done != want:  # short write (rare): finish it plainly
-                    os.pwrite(self._fd, b"".join(bytes(b) for b in bufs)[done:], pos + done)
-                pos += want
-            self._pend.clear()
-            self._pend_bytes = 0
+        if not self._pend:
+            return
+        if self.compressor is not None:
+            self._compress_pending()
+            return
+        pos = self._pend_slot * BLOCK_SIZE
+        for i in range(0, len(self._pend), _IOV_MAX):
+            bufs = self._pend[i:i + _IOV_MAX]
+            want = sum(len(b) for b in bufs)
+            done = os.pwritev(self._fd, bufs, pos)
+            if done != want:  # short write (rare): finish it plainly
+                os.pwrite(self._fd, b"".join(bytes(b) for b in bufs)[done:], pos + done)
+            pos += want
+        self._pend.clear()
+        self._pend_bytes = 0
 
-    def _upper_slot(self, n: int) -> int | None:
-        if self._pend:
-            self._flush_pending()
-        slot = self._single.get(n)
-        if slot is not None:
-            return slot
+    def _compress_pending(self) -> None:
+        assert self._zs is not None
+        for data in self._pend:
+            self._zs.append(data)
+        self._pend.clear()
+        self._pend_bytes = 0
+
+    def store_raw(self, data: bytes) -> int:
+        """Queue whole raw blocks for the z-spool; returns the z-slot of the first one."""
+        assert self._zs is not None
+        self._flush_pending()
+        return self._zs.append(data)
+
+    def zslot_count(self) -> int:
+        assert self._zs is not None
+        return self._zs.queued
+
+    def zspool_fd(self) -> int:
+        assert self._zs is not None
+        return self._zs.fd
+
+    def zsync(self) -> None:
+        """Wait until every queued block is compressed (before the z-slot lookups below)."""
+        assert self._zs is not None
+        self._flush_pending()
+        self._zs.sync()
+
+    def zspans(self, first: int, count: int) -> list[tuple[int, int]]:
+        """(offset, length) spans in the z-spool of stored blocks ``first .. first + count - 1``."""
+        assert self._zs is not None
+        return self._zs.spans(first, count)
+
+    def zslot_lengths(self, first: int, count: int) -> array:
+        assert self._zs is not None
+        return self._zs.lengths[first:first + count]
+
+    def _read_compressed(self, zslot: int) -> bytes:
+        from overlaybd_provider.formats.zfile_codec import BlockDecompressor
+
+        assert self.compressor is not None
+        self.zsync()
+        ((off, length),) = self.zspans(zslot, 1)
+        stored = os.pread(self.zspool_fd(), length, off)
+        body = stored[:-4] if self.compressor.verify else stored
+        return BlockDecompressor(self.compressor.algo, BLOCK_SIZE).decompress(body, BLOCK_SIZE)
+
+    def _run_zslot(self, n: int) -> int | None:
         i = bisect.bisect_right(self._run_start, n) - 1
         if i >= 0 and n < self._run_start[i] + self._run_len[i]:
             return self._run_slot[i] + n - self._run_start[i]
         return None
 
+    def _upper_slot(self, n: int) -> int | None:
+        """Raw-spool slot of block ``n`` (None: not upper, or inside a compressed run)."""
+        if self._pend:
+            self._flush_pending()
+        slot = self._single.get(n)
+        if slot is not None or self.compressor is not None:
+            return slot
+        return self._run_zslot(n)
+
     def read_block(self, n: int) -> bytes:
         slot = self._upper_slot(n)
         if slot is not None:
             return os.pread(self._fd, BLOCK_SIZE, slot * BLOCK_SIZE)
+        if self.compressor is not None:
+            zslot = self._run_zslot(n)
+            if zslot is not None:
+                return self._read_compressed(zslot)
         if self.lower is None:
             return ZERO_BLOCK
         self.blocks_read_lower += 1
         return self.lower.read(n * BLOCK_SIZE, BLOCK_SIZE)
 
     def in_upper(self, n: int) -> bool:
-        return self._upper_slot(n) is not None
+        return self._upper_slot(n) is not None or (self.compressor is not None and self._run_zslot(n) is not None)
 
     # -- writes ----------------------------------------------------------------------------
     def _check_range(self, n: int, count: int) -> None:
@@ -140,6 +220,8 @@ class OverlayBlockDevice:
             self._next_slot += 1
             self._single[n] = slot
             self._max_end = max(self._max_end, n + 1)
+            if self.compressor is not None and self._run_zslot(n) is not None:
+                self._shadowed += 1  # a single now hides this block of a compressed run
         os.pwrite(self._fd, data, slot * BLOCK_SIZE)
 
     def write_blocks(self, n: int, data: bytes | memoryview) -> None:
@@ -155,14 +237,17 @@ class OverlayBlockDevice:
             for i in range(count):
                 self.write_block(n + i, bytes(mv[i * BLOCK_SIZE:(i + 1) * BLOCK_SIZE]))
             return
-        slot = self._next_slot
-        if not self._pend:
-            self._pend_slot = slot
-        self._pend.append(data)
-        self._pend_bytes += len(data)
-        if self._pend_bytes >= _PEND_LIMIT:
-            self._flush_pending()
-        self._next_slot += count
+        if self._zs is not None:
+            slot = self._zs.append(data)  # copied to the compressor now: nothing pending
+        else:
+            slot = self._next_slot
+            self._next_slot += count
+            if not self._pend:
+                self._pend_slot = slot
+            self._pend.append(data)
+            self._pend_bytes += len(data)
+            if self._pend_bytes >= _PEND_LIMIT:
+                self._flush_pending()
         self._max_end = max(self._max_end, n + count)
         i = bisect.bisect_left(self._run_start, n)
         if (i > 0 and self._run_start[i - 1] + self._run_len[i - 1] == n
@@ -181,31 +266,54 @@ class OverlayBlockDevice:
             return True
         if len(self._single) < count:
             return any(n <= b < n + count for b in self._single)
-        return any((n + k) in self._single for k in range(count))
+        return not self._single.keys().isdisjoint(range(n, n + count))  # C-level membership loop
 
     # -- output ----------------------------------------------------------------------------
     @property
     def blocks_written(self) -> int:
-        return len(self._single) + sum(self._run_len)
+        return len(self._single) + sum(self._run_len) - self._shadowed
 
-    def _pieces(self) -> Iterator[tuple[int, int, int]]:
-        """(block, count, slot) pieces of the upper store in ascending block order."""
+    def pieces(self) -> Iterator[tuple[int, int, bool, int]]:
+        """(block, count, compressed, slot) pieces of the upper store in ascending block order;
+        ``slot`` is a raw-spool slot, or a z-slot when ``compressed``. Singles written over a
+        compressed run split it."""
         self._flush_pending()
         singles = sorted(self._single.items())
-        runs = list(zip(self._run_start, self._run_len, self._run_slot, strict=True))
-        i = j = 0
-        while i < len(singles) or j < len(runs):
-            if j >= len(runs) or (i < len(singles) and singles[i][0] < runs[j][0]):
-                yield singles[i][0], 1, singles[i][1]
+        zrun = self.compressor is not None
+        i = 0
+        ns = len(singles)
+        for start, length, rslot in zip(self._run_start, self._run_len, self._run_slot, strict=True):
+            while i < ns and singles[i][0] < start:
+                yield singles[i][0], 1, False, singles[i][1]
                 i += 1
-            else:
-                yield runs[j]
-                j += 1
+            cur, end = start, start + length
+            while i < ns and singles[i][0] < end:
+                b = singles[i][0]
+                if b > cur:
+                    yield cur, b - cur, zrun, rslot + cur - start
+                yield b, 1, False, singles[i][1]
+                cur = b + 1
+                i += 1
+            if cur < end:
+                yield cur, end - cur, zrun, rslot + cur - start
+        while i < ns:
+            yield singles[i][0], 1, False, singles[i][1]
+            i += 1
+
+    def _pieces(self) -> Iterator[tuple[int, int, int]]:
+        """(block, count, raw slot) pieces (uncompressed stores only)."""
+        if self.compressor is not None:
+            raise ValueError("this device spools compressed blocks: seal it with ext4.seal")
+        for blk, cnt, _z, slot in self.pieces():
+            yield blk, cnt, slot
+
+    def read_raw_slots(self, slot: int, count: int) -> bytes:
+        return os.pread(self._fd, count * BLOCK_SIZE, slot * BLOCK_SIZE)
 
     def extents(self) -> Iterator[tuple[int, int]]:
         """Merged (first block, count) ranges held by the upper layer."""
         cur: list[int] | None = None
-        for blk, cnt, _slot in self._pieces():
+        for blk, cnt, _z, _slot in self.pieces():
             if cur is not None and cur[0] + cur[1] == blk:
                 cur[1] += cnt
                 continue
@@ -240,3 +348,5 @@ class OverlayBlockDevice:
 
     def close(self) -> None:
         self._spool.close()
+        if self._zs is not None:
+            self._zs.close()

@@ -53,6 +53,9 @@ def to_bytes(text: str) -> bytes:
 
 def clean_path(name: bytes, what: str) -> Path:
     """Lexically cleaned path components; never escapes the root."""
+    comps = name.split(b"/")
+    if b"" not in comps and b"." not in comps and b".." not in comps and max(map(len, comps)) <= 255:
+        return tuple(comps)  # already clean (the usual case)
     parts: list[bytes] = []
     for comp in name.split(b"/"):
         if comp in (b"", b"."):
@@ -100,6 +103,8 @@ class ChangesetApplier:
         self.layer_dirs: set[Path] = set()
         self.dir_times: dict[Path, tuple[int, int]] = {}
         self.stats = ApplyStats()
+        self._last_parent_path: Path | None = None
+        self._last_parent: DirState | None = None
 
     # -- bookkeeping ---------------------------------------------------------------------
     def _keep(self, path: Path) -> int:
@@ -123,6 +128,17 @@ class ChangesetApplier:
             self.layer_dirs.add(anc)
 
     def _parent(self, parent_path: Path, what: str) -> DirState:
+        if parent_path == self._last_parent_path:  # consecutive entries share their directory
+            return self._last_parent  # type: ignore[return-value]
+        d = self._walk_parent(parent_path, what)
+        self._last_parent_path, self._last_parent = parent_path, d
+        return d
+
+    def _remove(self, parent: DirState, parent_path: Path, name: bytes, keep=None) -> None:
+        self._last_parent_path = self._last_parent = None  # a removal may take a cached directory
+        self.ns.remove(parent, parent_path, name, keep)
+
+    def _walk_parent(self, parent_path: Path, what: str) -> DirState:
         d = self.ns.root()
         for i, comp in enumerate(parent_path):
             e = d.entries.get(comp)
@@ -140,8 +156,9 @@ class ChangesetApplier:
     def _set_meta(self, inode: Inode, ti: tarfile.TarInfo, what: str, *, chmod: bool = True) -> None:
         inode.uid, inode.gid = ti.uid & 0xFFFFFFFF, ti.gid & 0xFFFFFFFF
         inode.l_i_version += 1
-        attrs = {k[len(_XATTR_PAX):]: to_bytes(v) for k, v in ti.pax_headers.items()
-                 if k.startswith(_XATTR_PAX)}
+        pax = ti.pax_headers
+        attrs = {k[len(_XATTR_PAX):]: to_bytes(v) for k, v in pax.items()
+                 if k.startswith(_XATTR_PAX)} if pax else {}
         if inode.file_type not in (L.S_IFREG, L.S_IFDIR):
             # Linux refuses user.* xattrs on other file types (EPERM, ignored by extractors)
             attrs = {k: v for k, v in attrs.items() if not k.startswith("user.")}
@@ -197,7 +214,7 @@ class ChangesetApplier:
             if link_ino is not None and existing[0] == link_ino:
                 self._mark(path, False)
                 return
-            self.ns.remove(parent, parent_path, base)
+            self._remove(parent, parent_path, base)
         if is_dir:
             d = self.ns.mkdir(parent, base, lambda inode: self._set_meta(inode, ti, what))
             self.dir_times[path] = entry_mtime(ti)
@@ -215,11 +232,11 @@ class ChangesetApplier:
     def _whiteout(self, parent: DirState, parent_path: Path, base: bytes) -> None:
         if base == OPAQUE_MARKER:
             for cname in sorted(parent.entries):
-                self.ns.remove(parent, parent_path, cname, self._keep)
+                self._remove(parent, parent_path, cname, self._keep)
         elif not base.startswith(WHITEOUT_META_PREFIX):
             target = base[len(WHITEOUT_PREFIX):]
             if target and target in parent.entries:
-                self.ns.remove(parent, parent_path, target, self._keep)
+                self._remove(parent, parent_path, target, self._keep)
 
     def _update_dir(self, ino: int, path: Path, ti: tarfile.TarInfo, what: str) -> None:
         inode = self.fs.get_inode(ino)

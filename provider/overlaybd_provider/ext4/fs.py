@@ -18,6 +18,10 @@ from overlaybd_provider.ext4.bitmap import BitmapSet
 from overlaybd_provider.ext4.blockdev import OverlayBlockDevice
 from overlaybd_provider.ext4.errors import Ext4Error
 from overlaybd_provider.ext4.extent import (
+    EXT4_EXT_MAGIC,
+    EXTENT,
+    EXTENT_HEADER,
+    IN_INODE_ENTRIES,
     build_extent_tree,
     read_extent_tree,
     split_runs,
@@ -33,6 +37,8 @@ XATTR_BLOCK_HEADER = struct.Struct("<III")  # h_magic, h_refcount, h_blocks (ext
 EXT4_XATTR_MAGIC = 0xEA020000
 _U32 = struct.Struct("<I")
 EMPTY_EXTENT_ROOT = build_extent_tree([], [])[0]
+_ONE_EXTENT_HEAD = EXTENT_HEADER.pack(EXT4_EXT_MAGIC, 1, IN_INODE_ENTRIES, 0, 0)
+_ONE_EXTENT_PAD = bytes(60 - EXTENT_HEADER.size - EXTENT.size)
 
 
 class UnsupportedFilesystem(Ext4Error):
@@ -192,6 +198,12 @@ class Filesystem:
     def set_extents(self, inode: Inode, extents: list[tuple[int, int, int]],
                     old_tree: list[int] | None = None) -> None:
         """Store ``extents`` in the inode, reusing ``old_tree`` blocks before allocating."""
+        if len(extents) == 1 and not old_tree:  # the usual small file: the same bytes, built directly
+            lb, pb, ln = extents[0]
+            inode.i_block = _ONE_EXTENT_HEAD + EXTENT.pack(lb, ln, pb >> 32, pb & 0xFFFFFFFF) + _ONE_EXTENT_PAD
+            inode.i_flags |= L.EXT4_EXTENTS_FL
+            inode.blocks_512 = (ln + (1 if inode.file_acl else 0)) * 8
+            return
         need = tree_blocks_needed(len(extents))
         old = list(old_tree or [])
         tree = old[:need]

@@ -1,15 +1,18 @@
 """Reading an OCI layer tar as a stream: plain, gzip or zstd (detected by magic), one pass.
 
-The stdlib ``tarfile`` in stream mode (``r|``) parses ustar/GNU/PAX headers (long names and link
-names, base-256 numbers, PAX overrides, GNU sparse maps) and reads member data sequentially;
-decompression happens in front of it in large chunks. Every failure of the input is turned
-into one :class:`LayerTarError` line.
+:class:`TarReader` parses plain ustar/GNU headers and per-member pax headers itself from a
+large buffer (per-file cost matters: layers hold 100 000s of small files) and hands every
+other header (GNU long names, GNU sparse, global pax, base-256 numbers, bad checksums) to the
+stdlib ``tarfile`` header code on the same stream, so the results are tarfile's in every case;
+``tests/ext4/test_ext4_tarstream.py`` compares the two. Decompression happens in front of it
+in large chunks. Every failure of the input is turned into one :class:`LayerTarError` line.
 """
 
 from __future__ import annotations
 
 import io
 import logging
+import re
 import tarfile
 import zlib
 from typing import BinaryIO
@@ -190,10 +193,339 @@ class _TarInfo(tarfile.TarInfo):
             raise
 
 
-def open_tar_stream(stream: ForwardReader) -> tarfile.TarFile:
-    """Sequential TarFile; after iterating, ``_obd_end`` is None only for a proper end marker."""
+class TarMember:
+    """The fields of one plain ustar/GNU header, named like ``tarfile.TarInfo``'s."""
+
+    __slots__ = ("devmajor", "devminor", "gid", "linkname", "mode", "mtime", "name", "offset_data",
+                 "size", "type", "uid")
+    pax_headers: dict[str, str] = {}  # shared by all plain members, never mutated
+    sparse = None
+
+    def isdir(self) -> bool:
+        return self.type == tarfile.DIRTYPE
+
+    def isreg(self) -> bool:
+        return self.type in _REGULAR_TYPES
+
+
+class PaxMember(TarMember):
+    """A plain member that had a pax header of its own."""
+
+    __slots__ = ("pax_headers",)
+
+
+class _Slow(Exception):
+    """The header needs tarfile's full parser (pax, GNU long names, sparse, odd numbers)."""
+
+
+_BLOCK = tarfile.BLOCKSIZE
+_ZERO_HEADER = bytes(_BLOCK)
+_REGULAR_TYPES = frozenset((tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE))
+_PLAIN_TYPES = frozenset((tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE, tarfile.LNKTYPE,
+                          tarfile.SYMTYPE, tarfile.CHRTYPE, tarfile.BLKTYPE, tarfile.DIRTYPE,
+                          tarfile.FIFOTYPE))
+_ENCODING = tarfile.ENCODING
+_PAX_RECORD = re.compile(rb"(\d+) ([^=]+)=")  # tarfile's own record pattern
+_PAX_NUMBERS = {"mtime": float, "uid": int, "gid": int, "size": int}  # pax fields tarfile applies
+_PAX_FAST_MAX = 1 << 16
+_ERRORS = "surrogateescape"
+
+
+def _number(field: bytes) -> int:
+    """An octal header number (what ``tarfile.nti`` accepts); base-256 goes the slow way."""
+    if field[0] & 0x80:
+        raise _Slow
+    p = field.find(b"\0")
+    if p >= 0:
+        field = field[:p]
     try:
-        return tarfile.open(fileobj=stream, mode="r:", errors="surrogateescape",  # type: ignore[arg-type]
-                            tarinfo=_TarInfo)
-    except (tarfile.TarError, EOFError, OSError) as exc:
-        raise LayerTarError(f"not a tar archive: {exc}") from None
+        return int(field.strip() or b"0", 8)
+    except ValueError:
+        raise _Slow from None
+
+
+def _text(field: bytes) -> str:
+    p = field.find(b"\0")
+    if p >= 0:
+        field = field[:p]
+    return field.decode(_ENCODING, _ERRORS)
+
+
+def _checksum(h: bytes) -> None:
+    if _number(h[148:156]) != 256 + sum(h) - sum(h[148:156]):
+        raise _Slow  # maybe a signed-char checksum, or a corrupt header: tarfile decides
+
+
+def _parse_plain(h: bytes, cls: type[TarMember] = TarMember) -> TarMember:
+    """``TarInfo.frombuf`` + ``_proc_builtin`` for a plain header, or _Slow for anything else."""
+    kind = h[156:157]
+    if kind not in _PLAIN_TYPES or h == _ZERO_HEADER:
+        raise _Slow
+    _checksum(h)
+    m = cls()
+    name = _text(h[0:100])
+    try:  # the usual "0000644\0" form; anything else gets tarfile's nti rules
+        m.mode, m.uid, m.gid, m.size, m.mtime = (int(h[100:107], 8), int(h[108:115], 8),
+                                                 int(h[116:123], 8), int(h[124:135], 8),
+                                                 int(h[136:147], 8))
+        if h[107] or h[115] or h[123] or h[135] or h[147]:
+            raise ValueError
+    except ValueError:
+        m.mode = _number(h[100:108])
+        m.uid = _number(h[108:116])
+        m.gid = _number(h[116:124])
+        m.size = _number(h[124:136])
+        m.mtime = _number(h[136:148])
+    m.linkname = _text(h[157:257]) if h[157] else ""
+    m.devmajor = _number(h[329:337])
+    m.devminor = _number(h[337:345])
+    if kind == tarfile.AREGTYPE and name.endswith("/"):
+        kind = tarfile.DIRTYPE
+    if kind == tarfile.DIRTYPE:
+        name = name.rstrip("/")
+    if h[345] != 0:
+        prefix = _text(h[345:500])
+        if prefix:
+            name = prefix + "/" + name
+            if kind == tarfile.DIRTYPE:
+                name = name.rstrip("/")
+    m.name, m.type = name, kind
+    return m
+
+
+class TarReader:
+    """One forward pass over a tar stream: ``for member in reader`` and ``extractfile(member)``.
+
+    Plain headers (the bulk of a layer) are parsed here from a large buffer, with the same
+    results as ``tarfile``; anything else (pax and GNU long-name headers, GNU sparse, base-256
+    numbers, a bad checksum) is handed to ``tarfile``'s own header code on the same stream, so
+    behaviour is tarfile's. Members are not kept. After iterating, ``_obd_end`` is None only
+    for a proper end marker.
+    """
+
+    def __init__(self, stream: ForwardReader) -> None:
+        self._src = stream
+        self._buf = b""
+        self._pos = 0
+        self._base = stream.count  # stream offset of _buf[0]
+        self._eof = False
+        # what tarfile's header code reads from its TarFile object
+        self.fileobj = self
+        self.encoding = _ENCODING
+        self.errors = _ERRORS
+        self.pax_headers: dict[str, str] = {}
+        self.offset = 0  # next header position
+        self._obd_end: str | None = None
+        self._first: TarMember | tarfile.TarInfo | None = None
+        self._done = False
+        try:
+            self._first = self._next()
+        except tarfile.ReadError as exc:
+            raise LayerTarError(f"not a tar archive: {exc}") from None
+        if self._first is None:
+            self._done = True
+
+    # -- buffered stream ---------------------------------------------------------------------
+    def tell(self) -> int:
+        return self._base + self._pos
+
+    def seekable(self) -> bool:
+        return True
+
+    def _more(self) -> bool:
+        if self._eof:
+            return False
+        chunk = self._src.read(_CHUNK)
+        if not chunk:
+            self._eof = True
+            return False
+        rest = self._buf[self._pos:]
+        self._base += self._pos
+        self._buf = rest + chunk if rest else chunk
+        self._pos = 0
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        buf, pos = self._buf, self._pos
+        if 0 <= size <= len(buf) - pos:
+            self._pos = pos + size
+            return buf[pos:pos + size]
+        parts = [buf[pos:]]
+        have = len(buf) - pos
+        self._base += len(buf)
+        self._buf, self._pos = b"", 0
+        while (size < 0 or have < size) and not self._eof:
+            chunk = self._src.read(_CHUNK if size < 0 else max(size - have, _CHUNK))
+            if not chunk:
+                self._eof = True
+                break
+            if size >= 0 and have + len(chunk) > size:
+                take = size - have
+                parts.append(chunk[:take])
+                self._buf, self._pos = chunk, take  # the rest stays buffered
+                break
+            parts.append(chunk)
+            have += len(chunk)
+            self._base += len(chunk)
+        return b"".join(parts)
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        if whence != 0:
+            raise io.UnsupportedOperation("TarReader seeks only to absolute positions")
+        cur = self._base + self._pos
+        if pos < cur:
+            raise LayerTarError(f"tar reader tried to seek back from {cur} to {pos}")
+        while True:
+            if pos - cur <= len(self._buf) - self._pos:
+                self._pos += pos - cur
+                return pos
+            self._base += len(self._buf)
+            self._buf, self._pos = b"", 0
+            if not self._more():
+                return self._base
+            cur = self._base
+
+    # -- members -------------------------------------------------------------------------------
+    def __iter__(self):
+        if self._first is not None:
+            first, self._first = self._first, None
+            yield first
+        while not self._done:
+            member = self._next()
+            if member is None:
+                self._done = True
+                return
+            yield member
+
+    def _next(self) -> TarMember | tarfile.TarInfo | None:
+        pos = self._base + self._pos
+        if self.offset != pos:
+            if self.offset < pos:
+                raise LayerTarError(f"tar reader tried to seek back from {pos} to {self.offset}")
+            self.seek(self.offset - 1)
+            if not self.read(1):
+                raise tarfile.ReadError("unexpected end of data")
+        if not self.pax_headers:
+            try:
+                return self._plain()
+            except _Slow:
+                pass
+        return self._tarfile_header()
+
+    def _plain(self) -> TarMember | None:
+        """Parse a plain header (or a pax header and its plain member) from the buffer, or raise
+        _Slow leaving the position unchanged."""
+        pos = self._pos
+        if len(self._buf) - pos < _BLOCK:
+            self._more()
+            pos = self._pos
+            if len(self._buf) - pos < _BLOCK:
+                raise _Slow
+        h = self._buf[pos:pos + _BLOCK]
+        if h[156:157] == tarfile.XHDTYPE:
+            return self._pax(h, pos)
+        m = _parse_plain(h)
+        pos += _BLOCK
+        self._pos = pos
+        data = self._base + pos
+        m.offset_data = data
+        self.offset = data + (-(-m.size // _BLOCK) * _BLOCK if m.type in _REGULAR_TYPES else 0)
+        return m
+
+    def _pax(self, h: bytes, pos: int) -> TarMember:
+        """A per-member pax header followed by a plain header: ``tarfile._proc_pax`` for the
+        records that do not change how the archive is read (no GNU sparse, no hdrcharset)."""
+        _checksum(h)
+        size = _number(h[124:136])
+        if size > _PAX_FAST_MAX:
+            raise _Slow
+        padded = -(-size // _BLOCK) * _BLOCK
+        need = _BLOCK + padded + _BLOCK
+        while len(self._buf) - pos < need:
+            if not self._more():
+                raise _Slow
+            pos = self._pos
+        buf = self._buf
+        records = buf[pos + _BLOCK:pos + _BLOCK + size]
+        if b"GNU.sparse." in records or b"hdrcharset" in records:
+            raise _Slow
+        pax: dict[str, str] = {}
+        p = 0
+        while True:
+            match = _PAX_RECORD.match(records, p)
+            if not match:
+                break
+            length = int(match.group(1))
+            if length == 0:
+                raise _Slow
+            value = records[match.end(2) + 1:match.start(1) + length - 1]
+            pax[match.group(2).decode("utf-8", _ERRORS)] = value.decode("utf-8", _ERRORS)
+            p += length
+        m = _parse_plain(buf[pos + _BLOCK + padded:pos + need], PaxMember)
+        for key, value in pax.items():
+            if key == "path":
+                m.name = value.rstrip("/")
+            elif key == "linkpath":
+                m.linkname = value
+            elif key in _PAX_NUMBERS:
+                try:
+                    number: float = _PAX_NUMBERS[key](value)
+                except ValueError:
+                    number = 0
+                setattr(m, key, number)
+        m.pax_headers = pax
+        pos += need
+        self._pos = pos
+        data = self._base + pos
+        m.offset_data = data
+        self.offset = data + (-(-m.size // _BLOCK) * _BLOCK if m.type in _REGULAR_TYPES else 0)
+        return m
+
+    def _tarfile_header(self) -> tarfile.TarInfo | None:
+        """tarfile's header code on this stream (the error mapping of ``TarFile.next``)."""
+        at_start = self.offset == 0
+        try:
+            return _TarInfo.fromtarfile(self)  # type: ignore[arg-type]
+        except tarfile.EOFHeaderError:
+            return None
+        except tarfile.SubsequentHeaderError as exc:
+            raise tarfile.ReadError(str(exc)) from None
+        except (tarfile.InvalidHeaderError, tarfile.EmptyHeaderError, tarfile.TruncatedHeaderError) as exc:
+            if at_start:
+                raise tarfile.ReadError("empty file" if isinstance(exc, tarfile.EmptyHeaderError)
+                                        else str(exc)) from None
+            return None
+
+    # -- member data ---------------------------------------------------------------------------
+    def extractfile(self, member: TarMember | tarfile.TarInfo) -> _MemberData | tarfile.ExFileObject:
+        if isinstance(member, TarMember):
+            return _MemberData(self, member.offset_data, member.size)
+        return tarfile.ExFileObject(self, member)  # type: ignore[arg-type]
+
+
+class _MemberData:
+    """The data of a plain member, read straight from the reader's buffer."""
+
+    __slots__ = ("_left", "_reader", "_start")
+
+    def __init__(self, reader: TarReader, start: int, size: int) -> None:
+        self._reader, self._start, self._left = reader, start, size
+
+    def read(self, size: int = -1) -> bytes:
+        r = self._reader
+        if self._start >= 0:
+            if r.tell() != self._start:
+                r.seek(self._start)
+            self._start = -1
+        if size < 0 or size > self._left:
+            size = self._left
+        data = r.read(size)
+        if len(data) != size:
+            raise tarfile.ReadError("unexpected end of data")
+        self._left -= size
+        return data
+
+
+def open_tar_stream(stream: ForwardReader) -> TarReader:
+    """Sequential tar reader; after iterating, ``_obd_end`` is None only for a proper end marker."""
+    return TarReader(stream)

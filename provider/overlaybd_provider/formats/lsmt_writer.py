@@ -140,7 +140,19 @@ class LSMTWriter:
             return
         self._start(lba, n // SECTOR, 0)
         self._out.write(data)
-        end = lba + n // SECTOR
+        self._advance(lba, n // SECTOR)
+
+    def add_mapped(self, lba: int, nsectors: int) -> None:
+        """Account for ``nsectors`` data sectors at ``lba`` whose bytes the caller writes itself
+        (in the same position of the stream as :meth:`add_data` would): the index comes out
+        the same, so a sealer can plan a layer before streaming already compressed data."""
+        if nsectors <= 0:
+            return
+        self._start(lba, nsectors, 0)
+        self._advance(lba, nsectors)
+
+    def _advance(self, lba: int, nsectors: int) -> None:
+        end = lba + nsectors
         cur = lba
         while cur < end:
             if self._chunk_start < 0:

@@ -51,6 +51,24 @@ class ZFileInfo:
     trailer: ZFileHeader | None
 
 
+def finish_zfile(lengths: array, raw_size: int, *, index_offset: int, algorithm: str, block_size: int,
+                 algo: int, level: int, verify: int) -> tuple[bytes, bytes, bytes, ZFileInfo]:
+    """The final header, jump table and trailer of a ZFile whose stored blocks have ``lengths``
+    and end at ``index_offset`` (zfile.md §8); used by the streaming writer and by callers that
+    compressed the blocks themselves and know every length before writing."""
+    table = _u32_table(lengths)
+    fields = dict(index_offset=index_offset, index_size=len(lengths), original_file_size=raw_size,
+                  index_crc=crc32c_raw(table), block_size=block_size, algo=algo, level=level, verify=verify)
+    trailer = ZFileHeader(flags=FLAGS_TRAILER, **fields).to_bytes()
+    header = ZFileHeader(flags=FLAGS_FINAL_HEADER, **fields).to_bytes()
+    info = ZFileInfo(
+        original_file_size=raw_size, size=index_offset + len(table) + len(trailer), index_offset=index_offset,
+        index_size=len(lengths), index_crc=fields["index_crc"], block_size=block_size, algorithm=algorithm,
+        header=ZFileHeader.from_bytes(header), trailer=ZFileHeader.from_bytes(trailer),
+    )
+    return header, table, trailer, info
+
+
 class ZFileWriter:
     """Stream raw bytes in, ZFile bytes out (zfile.md §8). Never closes ``out``.
 
@@ -183,33 +201,20 @@ class ZFileWriter:
         self._closed = True
         if self._pool is not None:
             self._pool.shutdown()
-        index_offset = self._pos
-        table = _u32_table(self._lengths)
+        header, table, trailer, info = finish_zfile(
+            self._lengths, self._raw_size, index_offset=self._pos, algorithm=self.algorithm, **self._options)
         self._emit(table)
-        fields = dict(
-            index_offset=index_offset,
-            index_size=len(self._lengths),
-            original_file_size=self._raw_size,
-            index_crc=crc32c_raw(table),
-            **self._options,
-        )
-        trailer = ZFileHeader(flags=FLAGS_TRAILER, **fields)
-        self._emit(trailer.to_bytes())
+        self._emit(trailer)
         size = self._pos
         log.debug("%s: ZFile %s/%d B: %d raw bytes -> %d bytes in %d blocks", self.name, self.algorithm,
                   self.block_size, self._raw_size, size, len(self._lengths))
-        header = self._header
         if self._overwrite:
-            header = ZFileHeader(flags=FLAGS_FINAL_HEADER, **fields)
             self._out.seek(self._start)
-            self._out.write(header.to_bytes())
+            self._out.write(header)
             self._out.seek(self._start + size)
-        return ZFileInfo(
-            original_file_size=self._raw_size, size=size, index_offset=index_offset,
-            index_size=len(self._lengths), index_crc=fields["index_crc"], block_size=self.block_size,
-            algorithm=self.algorithm, header=ZFileHeader.from_bytes(header.to_bytes()),
-            trailer=ZFileHeader.from_bytes(trailer.to_bytes()),
-        )
+        else:
+            info = dataclasses.replace(info, header=ZFileHeader.from_bytes(self._header.to_bytes()))
+        return info
 
     def abort(self) -> None:
         """Stop without finishing the file (the caller discards the output)."""
