@@ -16,6 +16,7 @@ from overlaybd_provider.errors import OverlaybdError
 from overlaybd_provider.hooks.dedup import OverlaybdDedupHook
 from overlaybd_provider.hooks.registry import OciRegistryHook
 from overlaybd_provider.operators.staging import StagingArea, staging_key
+from overlaybd_provider.operators.summary import conversion_row
 
 OPTION_FIELDS = ("algorithm", "block_size_kb", "vsize_gb", "fstype", "oci", "referrer")
 
@@ -106,6 +107,25 @@ class OverlaybdBaseOperator(BaseOperator):
         if ti is None:
             return f"manual|{fallback}"
         return f"{ti.dag_id}|{ti.run_id}|{ti.task_id}|{getattr(ti, 'map_index', -1)}"
+
+    def log_conversion(
+        self, hook: OverlaybdDedupHook, conn: Any, context: Mapping[str, Any], summary: dict, seconds: float
+    ) -> Any:
+        """Writes (or updates) this task's row of the ``overlaybd_conversions`` table behind the UI page
+        and returns it; keyed by the task instance, so a retry updates its own row."""
+        logbook = hook.conversion_log(conn, create=True)
+        ti = context.get("ti")
+        row = conversion_row(
+            summary,
+            run_key=self.run_key(context, f"{summary['target']}@{summary['target_digest']}"),
+            recorded_at=utc_now_iso(),
+            dag_id=getattr(ti, "dag_id", "") or "",
+            run_id=getattr(ti, "run_id", "") or "",
+            history_rate=logbook.build_rate(),
+            seconds=seconds,
+        )
+        logbook.record(row)
+        return row
 
     def area_for(self, staging: Any) -> StagingArea:
         location = staging_location(staging)

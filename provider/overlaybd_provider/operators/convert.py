@@ -13,12 +13,12 @@ from typing import Any
 
 from airflow.sdk.exceptions import AirflowException
 
-from overlaybd_provider.operators.base import describe_options, utc_now_iso
+from overlaybd_provider.operators.base import describe_options
 from overlaybd_provider.operators.links import OverlaybdImageLink, image_link
 from overlaybd_provider.operators.progress import ProgressLog
 from overlaybd_provider.operators.stages import OverlaybdPullOperator, engine_stages, log_summary
 from overlaybd_provider.operators.staging import StagingArea, is_object_storage, safe_component
-from overlaybd_provider.operators.summary import conversion_row, plan_layers, summarize
+from overlaybd_provider.operators.summary import plan_layers, summarize
 
 
 class OverlaybdConvertOperator(OverlaybdPullOperator):
@@ -113,17 +113,7 @@ class OverlaybdConvertOperator(OverlaybdPullOperator):
                 recorded = stages.record(workdir, dedup=store) if store is not None else {}
                 summary = summarize(stages.report(workdir), plan_layers(workdir))
             if hook is not None:
-                logbook = hook.conversion_log(conn, create=True)
-                row = conversion_row(
-                    summary,
-                    run_key=self.run_key(context, f"{summary['target']}@{summary['target_digest']}"),
-                    recorded_at=utc_now_iso(),
-                    dag_id=getattr(context.get("ti"), "dag_id", "") or "",
-                    run_id=getattr(context.get("ti"), "run_id", "") or "",
-                    history_rate=logbook.build_rate(),
-                    seconds=time.monotonic() - started,
-                )
-                logbook.record(row)
+                row = self.log_conversion(hook, conn, context, summary, time.monotonic() - started)
                 summary["seconds_saved"] = row.seconds_saved
             mark("record")
         finally:

@@ -16,12 +16,11 @@ from overlaybd_provider.operators.base import (
     OverlaybdBaseOperator,
     as_platforms,
     describe_options,
-    utc_now_iso,
 )
 from overlaybd_provider.operators.links import OverlaybdImageLink, image_link
 from overlaybd_provider.operators.progress import ProgressLog, rate
 from overlaybd_provider.operators.staging import StagingArea, safe_component
-from overlaybd_provider.operators.summary import conversion_row, plan_layers, summarize
+from overlaybd_provider.operators.summary import plan_layers, summarize
 
 
 def engine_stages():
@@ -295,17 +294,7 @@ class OverlaybdRecordOperator(_StagingStage):
             try:
                 recorded = engine_stages().record(workdir, dedup=hook.open_store(conn, create=True))
                 summary = summarize(engine_stages().report(workdir), plan_layers(workdir))
-                logbook = hook.conversion_log(conn, create=True)
-                row = conversion_row(
-                    summary,
-                    run_key=self.run_key(context, f"{summary['target']}@{summary['target_digest']}"),
-                    recorded_at=utc_now_iso(),
-                    dag_id=getattr(context.get("ti"), "dag_id", "") or "",
-                    run_id=getattr(context.get("ti"), "run_id", "") or "",
-                    history_rate=logbook.build_rate(),
-                    seconds=self._elapsed(progress),
-                )
-                logbook.record(row)
+                row = self.log_conversion(hook, conn, context, summary, self._elapsed(progress))
             finally:
                 conn.close()
         summary.update(
