@@ -18,6 +18,7 @@ from pathlib import Path
 from overlaybd_provider.formats.blob import open_layer
 from overlaybd_provider.formats.export import export_raw
 from overlaybd_provider.formats.stack import LayerStack
+from support.fsjudge import assert_e2fsck_clean
 
 
 def export_stack(blobs: Sequence[Path], out: Path) -> Path:
@@ -31,19 +32,7 @@ def export_stack(blobs: Sequence[Path], out: Path) -> Path:
     return out
 
 
-def e2fsck(raw: Path) -> tuple[int, str]:
-    proc = subprocess.run(["e2fsck", "-fn", str(raw)], capture_output=True, text=True, check=False)
-    return proc.returncode, proc.stdout + proc.stderr
-
-
-_E2FSCK_OK = re.compile(r"^(Pass \d[A-Z]?: .*|e2fsck \d.*|.*: \d+/\d+ files .*|)$")
-
-
-def assert_clean(raw: Path) -> str:
-    rc, out = e2fsck(raw)
-    complaints = [ln for ln in out.splitlines() if not _E2FSCK_OK.match(ln)]
-    assert rc == 0 and not complaints, f"e2fsck rc={rc}:\n{out}"
-    return out
+assert_clean = assert_e2fsck_clean  # the shared judge; returns e2fsck's output
 
 
 def debugfs(raw: Path, cmds: Iterable[str], tmp: Path) -> list[str]:

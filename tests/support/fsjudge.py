@@ -59,12 +59,14 @@ def e2fsck(image: str | os.PathLike[str]) -> tuple[int, str]:
     return proc.returncode, text
 
 
-def assert_e2fsck_clean(image: str | os.PathLike[str]) -> None:
-    """``e2fsck -fn`` exits 0 and prints nothing but its banner, pass headers and summary."""
+def assert_e2fsck_clean(image: str | os.PathLike[str]) -> str:
+    """``e2fsck -fn`` exits 0 and prints nothing but its banner, pass headers and summary.
+    Returns the output, for tests that read the summary line."""
     rc, text = e2fsck(image)
     problems = [ln for ln in text.splitlines() if ln.strip() and not _E2FSCK_OK.match(ln)]
     if rc != 0 or problems:
         pytest.fail(f"e2fsck -fn {image} is not clean (exit {rc}):\n{text}")
+    return text
 
 
 def export_stack(blob_paths: Sequence[str | os.PathLike[str]], raw_path: str | os.PathLike[str]) -> Path:
