@@ -10,7 +10,8 @@ Layers (uncompressed OCI layer tars, deterministic: sorted entries, fixed mtime,
 * ``flat``    the three (b) layers merged into one ~510 MB layer (bench/apply.py).
 * ``small``   (c) 100 000 small files.
 * ``big``     (d) ~2 GB mixed layer, only with ``--big`` (peak-RSS check).
-* ``layout``  an OCI image layout (gzip layers) with tags ``debian`` and ``debian-alt``.
+* ``layout``  an OCI image layout (gzip layers) with tags ``debian``, ``debian-alt`` and ``alt-top``
+  (a one-layer image of ``debian_alt_top``).
 
 ``--quick`` builds the same shapes at a tiny scale and makes (b) from synthetic files instead of
 Debian packages, so that it needs no network. The Debian package *names* are fixed; their versions
@@ -279,7 +280,8 @@ def build_corpus(cache_dir: Path = DEFAULT_CACHE, *, quick: bool = False, big: b
     small = cached(cache / "small.tar") or write_small_layer(cache / "small.tar", files=scale.small_files)
     debian, alt = build_debian(cache, scale)
     flat = merge_layers(cache / "flat.tar", debian)
-    layout = build_layout(cache / "layout", {"debian": debian, "debian-alt": (debian[0], debian[1], alt)})
+    layout = build_layout(cache / "layout-2", {"debian": debian, "debian-alt": (debian[0], debian[1], alt),
+                                               "alt-top": (alt,)})
     big_layer = None
     if big:
         big_layer = cached(cache / "big.tar") or write_mixed_layer(

@@ -3,10 +3,12 @@ path (raw spool → LSMTWriter → LayerBlobWriter), with and without the compre
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
 import random
+import threading
 
 import pytest
 from overlaybd_provider.ext4 import seal
@@ -74,6 +76,7 @@ def test_sealed_blob_matches_plain_path(tmp_path, algorithm, worker, monkeypatch
     monkeypatch.setenv("OVERLAYBD_SPOOL_WORKER", "1" if worker else "0")
     monkeypatch.setattr(zfile_spool, "RING_BYTES", 3 * 1024 * 1024 + 8192)  # force ring wrap-arounds
     monkeypatch.setattr(zfile_spool, "JOB_BYTES", 256 * 1024)
+    monkeypatch.setattr(seal, "_COPY_BYTES", 5000)  # spans split across many gather buffers
     comp = BatchCompressor(ALGORITHMS[algorithm], BS)
     dev = OverlayBlockDevice(None, block_count=VSIZE // BS, spool_dir=str(tmp_path), compressor=comp)
     try:
@@ -122,3 +125,63 @@ def test_spool_worker_equals_inline(tmp_path, monkeypatch):
     finally:
         for sp in spools:
             sp.close()
+
+
+def test_spool_worker_runs_beside_other_threads(tmp_path, monkeypatch):
+    """The compressor is a separate interpreter even while other threads run (uploads, Airflow's
+    task runner): the default picks it on a multi-core machine, and its output equals inline."""
+    monkeypatch.delenv("OVERLAYBD_SPOOL_WORKER", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(zfile_spool, "WORKER_AFTER_BYTES", BS * 100)
+    stop = threading.Event()
+    busy = threading.Thread(target=stop.wait, daemon=True)
+    busy.start()
+    data = _payload(random.Random(5), 600)
+    try:
+        spool = CompressedSpool(BatchCompressor(ALGORITHMS["zstd"], BS), spool_dir=str(tmp_path))
+        try:
+            spool.append(data[:BS * 10])
+            assert not spool._pid, "a small spool started a worker"
+            spool.append(data[BS * 10:])
+            assert spool._pid, "no worker process although the machine has two cores"
+            child = psutil_children()
+            assert any("zfile_worker" in " ".join(cmd) for cmd in child)
+            spool.sync()
+            stored = b"".join(os.pread(spool.fd, n, off) for off, n in spool.spans(0, spool.blocks))
+        finally:
+            spool.close()
+    finally:
+        stop.set()
+    want, _ = BatchCompressor(ALGORITHMS["zstd"], BS).compress(data)
+    assert stored == want
+
+
+def test_spool_worker_death_is_an_error(tmp_path):
+    spool = CompressedSpool(BatchCompressor(ALGORITHMS["lz4"], BS), spool_dir=str(tmp_path), worker=True)
+    try:
+        spool._proc.kill()
+        spool._proc.wait()
+        with pytest.raises(OSError, match="block compressor process died"):
+            for _ in range(64):  # more than the ring holds: the parent must wait for answers
+                spool.append(_payload(random.Random(1), 256))
+            spool.sync()
+    finally:
+        with contextlib.suppress(OSError):
+            spool.close()
+
+
+def psutil_children() -> list[list[str]]:
+    """Command lines of this process's children (from /proc)."""
+    out = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            if ppid == os.getpid():
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    out.append(f.read().decode().split("\0"))
+        except (OSError, ValueError, IndexError):
+            continue
+    return out

@@ -116,11 +116,14 @@ def apply_to_stack(lower: LowerStack | None, tar: BinaryIO, out: BinaryIO, *, vs
         else:
             fs = Filesystem(dev)
         stream, compression = decompressed(tar)
-        counter = ForwardReader(stream)
-        tf = open_tar_stream(counter)
-        stats = apply_tar(fs, tf)
-        while counter.read(1 << 20):  # drain padding: counts the whole tar, checks gzip/zstd trailers
-            pass
+        try:
+            counter = ForwardReader(stream)
+            tf = open_tar_stream(counter)
+            stats = apply_tar(fs, tf)
+            while counter.read(1 << 20):  # drain padding: counts the whole tar, checks gzip/zstd trailers
+                pass
+        finally:
+            stream.close()  # stops a decoder process still running after an error
         if compressor is not None:
             from overlaybd_provider.ext4.seal import seal_blob
 

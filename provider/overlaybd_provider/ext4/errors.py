@@ -23,3 +23,7 @@ class DirectoryLimitError(Ext4Error):
 
 class XattrError(Ext4Error):
     """Extended attributes are corrupt on disk or do not fit the inode plus one xattr block."""
+
+
+class LayerTarError(Ext4Error):
+    """The layer tar (or its gzip/zstd wrapper) is truncated, corrupt or unsupported."""

@@ -132,27 +132,38 @@ def seal_blob(dev: OverlayBlockDevice, out: BinaryIO, *, virtual_size: int, uuid
 
     for part in (tar_prefix(zinfo.size), zheader, head_stored):
         emit(part)
-    # the bulk: hash one buffer on a helper thread while the other is written (both release
-    # the GIL for large buffers), so the pass costs about max(hash, write) rather than the sum
-    bufs = [bytearray(_COPY_BYTES), bytearray(_COPY_BYTES)]
+    # the bulk: spans are gathered into one buffer (one read each, however small) and each full
+    # buffer is hashed on a helper thread while the other is filled and written (both release
+    # the GIL), so the pass costs about max(hash, write) rather than the sum
+    bufs = [memoryview(bytearray(_COPY_BYTES)), memoryview(bytearray(_COPY_BYTES))]
     fd = dev.zspool_fd()
     with ThreadPoolExecutor(1, thread_name_prefix="seal-hash") as pool:
         pending = None
-        k = 0
+        k = fill = 0
+
+        def flush() -> None:
+            nonlocal pending, k, fill, written
+            if pending is not None:
+                pending.result()
+            view = bufs[k][:fill]
+            pending = pool.submit(h.update, view)
+            out.write(view)
+            written += fill
+            k ^= 1
+            fill = 0
+
         for off, length in spans:
             while length:
-                view = memoryview(bufs[k])
-                n = os.preadv(fd, [view[:min(length, _COPY_BYTES)]], off)
+                n = os.preadv(fd, [bufs[k][fill:fill + min(length, _COPY_BYTES - fill)]], off)
                 if n <= 0:
                     raise OSError(f"short read from the block spool at offset {off}")
-                if pending is not None:
-                    pending.result()
-                pending = pool.submit(h.update, view[:n])
-                out.write(view[:n])
-                written += n
+                fill += n
                 off += n
                 length -= n
-                k ^= 1
+                if fill == _COPY_BYTES:
+                    flush()
+        if fill:
+            flush()
         if pending is not None:
             pending.result()
     for part in (tail_stored, table, trailer, tar_suffix(zinfo.size)):

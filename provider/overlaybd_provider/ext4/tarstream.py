@@ -5,7 +5,7 @@ large buffer (per-file cost matters: layers hold 100 000s of small files) and ha
 other header (GNU long names, GNU sparse, global pax, base-256 numbers, bad checksums) to the
 stdlib ``tarfile`` header code on the same stream, so the results are tarfile's in every case;
 ``tests/ext4/test_ext4_tarstream.py`` compares the two. Decompression happens in front of it
-in large chunks. Every failure of the input is turned into one :class:`LayerTarError` line.
+in large chunks (:mod:`.layerdecode`). Every failure of the input is turned into one :class:`LayerTarError` line.
 """
 
 from __future__ import annotations
@@ -14,22 +14,16 @@ import io
 import logging
 import re
 import tarfile
-import zlib
 from typing import BinaryIO
 
-import zstandard
+from overlaybd_provider.ext4.errors import LayerTarError
+from overlaybd_provider.ext4.layerdecode import decompressed
 
-from overlaybd_provider.ext4.errors import Ext4Error
+__all__ = ["ForwardReader", "LayerTarError", "TarMember", "TarReader", "decompressed", "open_tar_stream"]
 
 log = logging.getLogger(__name__)
 
-GZIP_MAGIC = b"\x1f\x8b"
-ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _CHUNK = 1 << 20
-
-
-class LayerTarError(Ext4Error):
-    """The layer tar (or its gzip/zstd wrapper) is truncated, corrupt or unsupported."""
 
 
 class ForwardReader:
@@ -66,115 +60,6 @@ class ForwardReader:
         data = self._inner.read(size)
         self.count += len(data)
         return data
-
-
-class _Decoder(io.RawIOBase):
-    """Streaming multi-frame decoder (gzip members / zstd frames) that reports truncation."""
-
-    kind = ""
-
-    def __init__(self, src: BinaryIO) -> None:
-        self._src = src
-        self._d = self._new()
-        self._buf = bytearray()
-        self._pos = 0
-        self._eof = False
-
-    def _new(self):  # pragma: no cover - overridden
-        raise NotImplementedError
-
-    def _errors(self) -> tuple[type[BaseException], ...]:
-        return (zlib.error,)
-
-    def readable(self) -> bool:
-        return True
-
-    def _fill(self, size: int) -> None:
-        while not self._eof and (size < 0 or len(self._buf) - self._pos < size):
-            raw = self._src.read(_CHUNK)
-            try:
-                if not raw:
-                    if not self._d.eof:
-                        raise LayerTarError(f"{self.kind} stream is truncated")
-                    self._eof = True
-                    break
-                out = self._d.decompress(raw)
-                while self._d.eof and self._d.unused_data:
-                    rest = self._d.unused_data
-                    self._d = self._new()
-                    out += self._d.decompress(rest)
-            except self._errors() as exc:
-                raise LayerTarError(f"corrupt {self.kind} data: {exc}") from None
-            if self._pos:
-                del self._buf[:self._pos]
-                self._pos = 0
-            self._buf += out
-
-    def read(self, size: int = -1) -> bytes:
-        self._fill(size)
-        end = len(self._buf) if size < 0 else min(len(self._buf), self._pos + size)
-        data = bytes(self._buf[self._pos:end])
-        self._pos = end
-        return data
-
-    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
-        data = self.read(len(b))
-        b[:len(data)] = data
-        return len(data)
-
-
-class _GzipStream(_Decoder):
-    kind = "gzip"
-
-    def _new(self):
-        return zlib.decompressobj(16 + zlib.MAX_WBITS)
-
-
-class _ZstdStream(_Decoder):
-    kind = "zstd"
-
-    def _new(self):
-        return zstandard.ZstdDecompressor().decompressobj()
-
-    def _errors(self) -> tuple[type[BaseException], ...]:
-        return (zstandard.ZstdError,)
-
-
-class _Peek(io.RawIOBase):
-    """Give back the sniffed magic bytes before the rest of the source."""
-
-    def __init__(self, head: bytes, src: BinaryIO) -> None:
-        self._head, self._src = head, src
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, size: int = -1) -> bytes:
-        if self._head:
-            if size < 0:
-                data, self._head = self._head + self._src.read(), b""
-                return data
-            data, self._head = self._head[:size], self._head[size:]
-            if len(data) < size:
-                data += self._src.read(size - len(data))
-            return data
-        return self._src.read(size)
-
-    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
-        data = self.read(len(b))
-        b[:len(data)] = data
-        return len(data)
-
-
-def decompressed(src: BinaryIO) -> tuple[BinaryIO, str]:
-    """The uncompressed tar stream of ``src`` and the detected compression."""
-    head = src.read(4)
-    stream: BinaryIO = _Peek(head, src)  # type: ignore[assignment]
-    if head[:2] == GZIP_MAGIC:
-        return _GzipStream(stream), "gzip"  # type: ignore[return-value]
-    if head == ZSTD_MAGIC:
-        return _ZstdStream(stream), "zstd"  # type: ignore[return-value]
-    return stream, "none"
 
 
 class _TarInfo(tarfile.TarInfo):

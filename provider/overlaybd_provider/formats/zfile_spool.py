@@ -1,11 +1,12 @@
 """An append-only file of stored ZFile blocks (``compressed || crc``), compressed off the main core.
 
-The ext4 writer hands over raw 4 KiB blocks as it writes them; they are compressed by a forked
-worker process (python-lz4 calls on 4 KiB blocks are too short to release the GIL usefully, so
-threads do not help) that reads them from a shared-memory ring and appends the stored blocks to
-the spool file. The parent only copies the bytes into the ring and later learns every stored
-length, in submission order, so the result is the same as compressing inline — which is what
-happens when forking is not safe (other threads running) or not available.
+The ext4 writer hands over raw 4 KiB blocks as it writes them; they are compressed by a worker
+process (python-lz4 calls on 4 KiB blocks are too short to release the GIL usefully, so threads
+do not help) that reads them from a shared-memory ring and appends the stored blocks to the
+spool file. The worker is a fresh interpreter (:mod:`.zfile_worker`), not a ``fork()``, so it is
+safe in threaded callers (uploads in flight, Airflow's task runner). The parent only copies the
+bytes into the ring and later learns every stored length, in submission order, so the result
+is the same as compressing inline — which is what happens on a single core.
 
 Every job (a run of up to ``JOB_BYTES`` raw bytes) owns a fixed region of the spool sized for
 its worst case, so jobs can be finished in any order and by either process: when the worker
@@ -21,50 +22,31 @@ import logging
 import mmap
 import os
 import select
-import struct
+import subprocess
+import sys
 import tempfile
-import threading
 from array import array
 from itertools import accumulate, islice
 
 from overlaybd_provider.formats.zfile_codec import BatchCompressor
+from overlaybd_provider.formats.zfile_worker import ACK as _ACK
+from overlaybd_provider.formats.zfile_worker import JOB as _JOB
+from overlaybd_provider.formats.zfile_worker import pwrite_all as _pwrite_all
+from overlaybd_provider.formats.zfile_worker import read_exact as _read_exact
+from overlaybd_provider.formats.zfile_worker import write_all as _write_all
 
 log = logging.getLogger(__name__)
 
-_JOB = struct.Struct("<QQQ")  # ring offset, bytes, spool offset
-_ACK = struct.Struct("<II")  # status (0 ok), block count (or message length)
 RING_BYTES = 8 << 20  # 8 jobs in flight; small, so its pages stay hot
 JOB_BYTES = 1 << 20
 ASSIST_BACKLOG = 2  # worker jobs in flight before the parent compresses a full job itself
+WORKER_AFTER_BYTES = 8 << 20  # an automatic worker starts once this much was appended: small
+# layers finish inline before a fresh interpreter would even be ready
 
 
 def region_bytes(nblocks: int, block_size: int) -> int:
     """Worst-case stored size of ``nblocks`` blocks (LZ4 and zstd bounds + CRC, rounded up)."""
     return nblocks * (block_size + block_size // 8 + 64)
-
-
-def _read_exact(fd: int, n: int) -> bytes:
-    parts = []
-    while n:
-        chunk = os.read(fd, n)
-        if not chunk:
-            break
-        parts.append(chunk)
-        n -= len(chunk)
-    return b"".join(parts)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-
-
-def _pwrite_all(fd: int, data: bytes, pos: int) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.pwrite(fd, view, pos)
-        view, pos = view[n:], pos + n
 
 
 class CompressedSpool:
@@ -87,52 +69,43 @@ class CompressedSpool:
         self._pid = 0
         if worker is None and os.environ.get("OVERLAYBD_SPOOL_WORKER") in ("0", "1"):
             worker = os.environ["OVERLAYBD_SPOOL_WORKER"] == "1"
-        if worker is None:
-            worker = hasattr(os, "fork") and threading.active_count() == 1 and (os.cpu_count() or 1) > 1
+        self._auto = worker is None and os.name == "posix" and (os.cpu_count() or 1) > 1
+        self._appended = 0  # raw bytes, for the automatic start
         if worker:
             self._start_worker()
 
     # -- worker -------------------------------------------------------------------------
     def _start_worker(self) -> None:
-        self._ring = mmap.mmap(-1, RING_BYTES)  # anonymous MAP_SHARED: visible to the child
+        if hasattr(os, "memfd_create"):
+            ring_fd = os.memfd_create("overlaybd-ring", os.MFD_CLOEXEC)
+        else:  # pragma: no cover - non-Linux POSIX: an unlinked file works the same
+            with tempfile.TemporaryFile(prefix="overlaybd-ring-") as f:
+                ring_fd = os.dup(f.fileno())
         job_r, job_w = os.pipe()
         ack_r, ack_w = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # child: never returns
-            code = 1
-            try:
-                os.close(job_w)
-                os.close(ack_r)
-                code = self._worker_loop(job_r, ack_w)
-            finally:
-                os._exit(code)
-        os.close(job_r)
-        os.close(ack_w)
-        self._pid, self._job_w, self._ack_r = pid, job_w, ack_r
+        try:
+            os.ftruncate(ring_fd, RING_BYTES)
+            self._ring = mmap.mmap(ring_fd, RING_BYTES)
+            c = self.compressor
+            args = [ring_fd, RING_BYTES, job_r, ack_w, self.fd, c.algo, c.block_size, c.level, int(c.verify),
+                    c.zstd_threads]
+            env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "overlaybd_provider.formats.zfile_worker", *map(str, args)],
+                pass_fds=(ring_fd, job_r, ack_w, self.fd), stdin=subprocess.DEVNULL, env=env)
+        except BaseException:
+            for fd in (job_w, ack_r):
+                os.close(fd)
+            raise
+        finally:
+            for fd in (ring_fd, job_r, ack_w):
+                os.close(fd)
+        self._pid, self._job_w, self._ack_r = self._proc.pid, job_w, ack_r
         # worker jobs in order: ring offset, bytes, first block, spool offset
         self._inflight: collections.deque[tuple[int, int, int, int]] = collections.deque()
         self._open_off = 0  # job being filled in the ring (not sent yet)
         self._open_len = 0
         self._open_first = 0
-
-    def _worker_loop(self, job_r: int, ack_w: int) -> int:
-        ring = memoryview(self._ring)
-        try:
-            while True:
-                msg = _read_exact(job_r, _JOB.size)
-                if len(msg) < _JOB.size:
-                    return 0
-                off, n, pos = _JOB.unpack(msg)
-                stored, lengths = self.compressor.compress(ring[off:off + n])
-                _pwrite_all(self.fd, stored, pos)
-                _write_all(ack_w, _ACK.pack(0, len(lengths)) + lengths.tobytes())
-        except BaseException as exc:  # report, then exit: the parent raises
-            text = f"{type(exc).__name__}: {exc}".encode()
-            try:
-                _write_all(ack_w, _ACK.pack(1, len(text)) + text)
-            except OSError:
-                pass
-            return 1
 
     def _new_job(self, nbytes: int) -> tuple[int, int]:
         """(first block, spool offset) of the next job of ``nbytes`` raw bytes."""
@@ -152,10 +125,20 @@ class CompressedSpool:
             _pwrite_all(self.fd, stored, base)
             self._finish(first, base, lengths)
         else:
-            _write_all(self._job_w, _JOB.pack(self._open_off, self._open_len, base))
+            try:
+                _write_all(self._job_w, _JOB.pack(self._open_off, self._open_len, base))
+            except BrokenPipeError:
+                raise self._died() from None
             self._inflight.append((self._open_off, self._open_len, first, base))
             self._open_off += self._open_len
         self._open_len = 0
+
+    def _died(self) -> OSError:
+        try:
+            code = self._proc.wait(5)
+        except subprocess.TimeoutExpired:
+            code = None
+        return OSError(f"the block compressor process died (exit status {code})")
 
     def _acks_ready(self) -> bool:
         return bool(select.select([self._ack_r], [], [], 0)[0])
@@ -164,7 +147,7 @@ class CompressedSpool:
         _off, _n, first, base = self._inflight.popleft()
         head = _read_exact(self._ack_r, _ACK.size)
         if len(head) < _ACK.size:
-            raise OSError("the block compressor process died")
+            raise self._died()
         status, count = _ACK.unpack(head)
         if status:
             raise OSError(f"block compressor failed: {_read_exact(self._ack_r, count).decode(errors='replace')}")
@@ -211,6 +194,11 @@ class CompressedSpool:
     def append(self, data: bytes | bytearray | memoryview) -> int:
         """Queue whole raw blocks; returns the index of the first one."""
         mv = memoryview(data).cast("B")
+        if self._auto and not self._pid:
+            self._appended += len(mv)
+            if self._appended >= WORKER_AFTER_BYTES:
+                self._auto = False
+                self._start_worker()
         if not self._pid:
             first, base = self._new_job(len(mv))
             stored, lengths = self.compressor.compress(mv)
@@ -258,7 +246,8 @@ class CompressedSpool:
         if self._pid:
             os.close(self._job_w)
             os.close(self._ack_r)
-            os.waitpid(self._pid, 0)
+            self._proc.kill()  # every job was answered (or is abandoned): no need to wait for it
+            self._proc.wait()
             self._pid = 0
             self._ring.close()
         self._file.close()

@@ -148,6 +148,9 @@ class _TracingMixin:
         return response
 
 
+SEND_BLOCK = 1 << 20
+
+
 class EndpointAdapter(HTTPAdapter):
     """Adapter with the endpoint's TLS context, a pool as large as the concurrency limit and,
     optionally, traced connections."""
@@ -158,6 +161,9 @@ class EndpointAdapter(HTTPAdapter):
         super().__init__(pool_connections=2, pool_maxsize=pool_size, max_retries=0)
 
     def init_poolmanager(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        # blob bodies are sent in 1 MiB pieces (urllib3's default is 16 KiB: thousands of
+        # Python-level reads, hash updates and sendall calls per 100 MB layer)
+        kwargs.setdefault("blocksize", SEND_BLOCK)
         if self._ssl_context is not None:
             kwargs["ssl_context"] = self._ssl_context
         super().init_poolmanager(*args, **kwargs)

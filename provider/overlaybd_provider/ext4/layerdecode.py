@@ -1,0 +1,273 @@
+"""Undo a layer's gzip or zstd wrapper (detected by magic), in large chunks, one pass.
+
+Decompressing is a third of the work of a gzip layer, and a thread cannot take it off the
+converter's core: every output buffer the codec grows re-takes the GIL, which the tar/ext4
+code holds nearly all the time. So on a multi-core POSIX machine the stream is decoded by a
+child interpreter (``python -m overlaybd_provider.ext4.layerdecode gzip|zstd``) fed through one
+pipe and read through another; on one core, for source files under 4 MiB, or with
+``OVERLAYBD_DECODE_WORKER=0``, in-process. gzip uses ISA-L (python-isal: ~3x zlib on inflate),
+zstd python-zstandard. Either way truncation, corruption and trailing garbage become one
+:class:`LayerTarError` line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import io
+import os
+import stat
+import subprocess
+import sys
+import threading
+import zlib
+from typing import BinaryIO
+
+import zstandard
+from isal import isal_zlib
+
+from overlaybd_provider.ext4.errors import LayerTarError
+
+__all__ = ["GZIP_MAGIC", "ZSTD_MAGIC", "decompressed"]
+
+GZIP_MAGIC = b"\x1f\x8b"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_CHUNK = 1 << 20
+_PIPE_BYTES = 1 << 20  # larger pipes: fewer wake-ups between the two processes
+_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+WORKER_MIN_BYTES = 4 << 20  # a smaller source file is decoded in-process: a fresh interpreter costs more
+
+
+class _Decoder(io.RawIOBase):
+    """Streaming multi-frame decoder (gzip members / zstd frames) that reports truncation."""
+
+    kind = ""
+
+    def __init__(self, src: BinaryIO) -> None:
+        self._src = src
+        self._d = self._new()
+        self._buf = bytearray()
+        self._pos = 0
+        self._eof = False
+
+    def _new(self):  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def _errors(self) -> tuple[type[BaseException], ...]:
+        return (zlib.error,)
+
+    def readable(self) -> bool:
+        return True
+
+    def _fill(self, size: int) -> None:
+        while not self._eof and (size < 0 or len(self._buf) - self._pos < size):
+            raw = self._src.read(_CHUNK)
+            try:
+                if not raw:
+                    if not self._d.eof:
+                        raise LayerTarError(f"{self.kind} stream is truncated")
+                    self._eof = True
+                    break
+                out = self._d.decompress(raw)
+                while self._d.eof and self._d.unused_data:
+                    rest = self._d.unused_data
+                    self._d = self._new()
+                    out += self._d.decompress(rest)
+            except self._errors() as exc:
+                raise LayerTarError(f"corrupt {self.kind} data: {exc}") from None
+            if self._pos:
+                del self._buf[:self._pos]
+                self._pos = 0
+            self._buf += out
+
+    def read(self, size: int = -1) -> bytes:
+        self._fill(size)
+        end = len(self._buf) if size < 0 else min(len(self._buf), self._pos + size)
+        data = bytes(self._buf[self._pos:end])
+        self._pos = end
+        return data
+
+    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
+        data = self.read(len(b))
+        b[:len(data)] = data
+        return len(data)
+
+
+class _GzipStream(_Decoder):
+    kind = "gzip"
+
+    def _new(self):
+        return isal_zlib.decompressobj(16 + isal_zlib.MAX_WBITS)
+
+    def _errors(self) -> tuple[type[BaseException], ...]:
+        return (zlib.error, isal_zlib.error)
+
+
+class _ZstdStream(_Decoder):
+    kind = "zstd"
+
+    def _new(self):
+        return zstandard.ZstdDecompressor().decompressobj()
+
+    def _errors(self) -> tuple[type[BaseException], ...]:
+        return (zstandard.ZstdError,)
+
+
+_DECODERS: dict[str, type[_Decoder]] = {"gzip": _GzipStream, "zstd": _ZstdStream}
+
+
+class _Peek(io.RawIOBase):
+    """Give back the sniffed magic bytes before the rest of the source."""
+
+    def __init__(self, head: bytes, src: BinaryIO) -> None:
+        self._head, self._src = head, src
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        if self._head:
+            if size < 0:
+                data, self._head = self._head + self._src.read(), b""
+                return data
+            data, self._head = self._head[:size], self._head[size:]
+            if len(data) < size:
+                data += self._src.read(size - len(data))
+            return data
+        return self._src.read(size)
+
+    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
+        data = self.read(len(b))
+        b[:len(data)] = data
+        return len(data)
+
+
+def _grow_pipe(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(fd, _F_SETPIPE_SZ, _PIPE_BYTES)
+
+
+class _ProcessDecoder(io.RawIOBase):
+    """The decoded stream of a child process: a thread feeds it the compressed bytes (reads
+    and pipe writes release the GIL), the caller reads the output pipe. The child's one-line
+    verdict (stderr, exit status) becomes a :class:`LayerTarError` at the end of the stream."""
+
+    def __init__(self, src: BinaryIO, kind: str) -> None:
+        self.kind = kind
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", __name__, kind], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, env=env)
+        assert self._proc.stdin is not None and self._proc.stdout is not None
+        _grow_pipe(self._proc.stdin.fileno())
+        _grow_pipe(self._proc.stdout.fileno())
+        self._out = self._proc.stdout
+        self._feed_error: BaseException | None = None
+        self._feeder = threading.Thread(target=self._feed, args=(src,), name="layer-decode-feed", daemon=True)
+        self._feeder.start()
+        self._done = False
+
+    def _feed(self, src: BinaryIO) -> None:
+        stdin = self._proc.stdin
+        assert stdin is not None
+        try:
+            while chunk := src.read(_CHUNK):
+                stdin.write(chunk)
+        except (BrokenPipeError, ValueError):
+            pass  # the child stopped reading (it failed, or we are closing): its verdict tells
+        except BaseException as exc:  # a failing source (network, disk): raised by the reader
+            self._feed_error = exc
+        finally:
+            with contextlib.suppress(OSError, ValueError):
+                stdin.close()
+
+    def readable(self) -> bool:
+        return True
+
+    def _finish(self) -> None:
+        """End of output: the feeder and child must both have succeeded."""
+        if self._done:
+            return
+        self._done = True
+        self._feeder.join()
+        assert self._proc.stderr is not None
+        message = self._proc.stderr.read().decode(errors="replace").strip()
+        status = self._proc.wait()
+        if self._feed_error is not None:
+            raise self._feed_error
+        if status:
+            lines = message.splitlines()
+            raise LayerTarError(lines[-1] if lines else f"{self.kind} decoder exited with status {status}")
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._out.read() if size is None or size < 0 else self._out.read(size)
+        if not data or size is None or size < 0:
+            self._finish()
+        return data
+
+    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
+        n = self._out.readinto(b)
+        if not n:
+            self._finish()
+        return n
+
+    def close(self) -> None:
+        if not self._done:
+            self._done = True
+            with contextlib.suppress(OSError):
+                self._proc.kill()
+            self._proc.wait()
+            self._feeder.join()
+        for f in (self._proc.stdout, self._proc.stderr):
+            if f is not None:
+                f.close()
+        super().close()
+
+
+def _use_worker(src: BinaryIO) -> bool:
+    setting = os.environ.get("OVERLAYBD_DECODE_WORKER")
+    if setting in ("0", "1"):
+        return setting == "1"
+    if os.name != "posix" or (os.cpu_count() or 1) < 2:
+        return False
+    try:
+        st = os.fstat(src.fileno())
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return True  # a stream of unknown length
+    return not (stat.S_ISREG(st.st_mode) and st.st_size < WORKER_MIN_BYTES)
+
+
+def decompressed(src: BinaryIO, *, worker: bool | None = None) -> tuple[BinaryIO, str]:
+    """The uncompressed tar stream of ``src`` and the detected compression (``none``, ``gzip``
+    or ``zstd``). ``worker``: decode in a child process (default: on multi-core POSIX)."""
+    head = src.read(4)
+    stream: BinaryIO = _Peek(head, src)  # type: ignore[assignment]
+    kind = "gzip" if head[:2] == GZIP_MAGIC else "zstd" if head == ZSTD_MAGIC else "none"
+    if kind == "none":
+        return stream, kind
+    if worker if worker is not None else _use_worker(src):
+        return _ProcessDecoder(stream, kind), kind  # type: ignore[return-value]
+    return _DECODERS[kind](stream), kind  # type: ignore[return-value]
+
+
+def _main(argv: list[str]) -> int:
+    """Child side: decode stdin to stdout; one line on stderr and status 1 on bad input."""
+    if len(argv) != 1 or argv[0] not in _DECODERS:
+        print(f"usage: python -m {__name__} gzip|zstd", file=sys.stderr)
+        return 2
+    decoder = _DECODERS[argv[0]](io.FileIO(0, closefd=False))  # type: ignore[arg-type]
+    try:
+        while data := decoder.read(_CHUNK):
+            view = memoryview(data)
+            while view:
+                view = view[os.write(1, view):]
+    except LayerTarError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        return 0  # the reader stopped early (it failed or was cancelled)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

@@ -1,0 +1,119 @@
+"""Layer decompression: the child-process decoder and the in-process one give the same bytes
+and the same one-line errors (truncation, corruption, trailing garbage, a failing source)."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import random
+
+import pytest
+import zstandard
+from overlaybd_provider.ext4 import layerdecode
+from overlaybd_provider.ext4.errors import LayerTarError
+from overlaybd_provider.ext4.layerdecode import decompressed
+
+RAW = random.Random(4).randbytes(3 << 20) + b"some text of a layer tar\n" * 200_000
+
+
+def _gzip_members() -> bytes:
+    half = len(RAW) // 2
+    return gzip.compress(RAW[:half], 6, mtime=0) + gzip.compress(RAW[half:], 1, mtime=0)
+
+
+def _zstd_frames() -> bytes:
+    cctx = zstandard.ZstdCompressor(level=3)
+    return cctx.compress(RAW[:1000]) + cctx.compress(RAW[1000:])
+
+
+def _decode(data: bytes, worker: bool, chunk: int = 1 << 20) -> tuple[bytes, str]:
+    stream, kind = decompressed(io.BytesIO(data), worker=worker)
+    try:
+        out = bytearray()
+        while piece := stream.read(chunk):
+            out += piece
+        return bytes(out), kind
+    finally:
+        stream.close()
+
+
+@pytest.mark.parametrize("worker", [False, True])
+@pytest.mark.parametrize("make,kind", [(_gzip_members, "gzip"), (_zstd_frames, "zstd")])
+def test_multi_member_streams_decode_fully(worker, make, kind):
+    out, got_kind = _decode(make(), worker, chunk=300_001)
+    assert got_kind == kind
+    assert out == RAW
+
+
+def test_plain_tar_passes_through():
+    out, kind = _decode(RAW[:5000], worker=True)
+    assert (out, kind) == (RAW[:5000], "none")
+
+
+@pytest.mark.parametrize("worker", [False, True])
+@pytest.mark.parametrize("damage,match", [
+    (lambda b: b[:len(b) // 2], "gzip stream is truncated"),
+    (lambda b: b[:5000] + bytes(b ^ 0x5A for b in b[5000:9000]) + b[9000:], "corrupt gzip data"),
+    (lambda b: b + b"garbage after the last member", "corrupt gzip data"),
+])
+def test_bad_gzip_is_one_line_error(worker, damage, match):
+    with pytest.raises(LayerTarError, match=match) as info:
+        _decode(damage(_gzip_members()), worker)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("worker", [False, True])
+def test_truncated_zstd(worker):
+    data = _zstd_frames()
+    with pytest.raises(LayerTarError, match="zstd stream is truncated"):
+        _decode(data[:-100], worker)
+
+
+class _FailingSource(io.RawIOBase):
+    def __init__(self, data: bytes) -> None:
+        self._data = io.BytesIO(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        if self._data.tell() > 200_000:
+            raise ConnectionError("registry connection reset")
+        return self._data.read(min(size, 65536) if size and size > 0 else 65536)
+
+
+def test_failing_source_reaches_the_reader():
+    stream, _ = decompressed(_FailingSource(_gzip_members()), worker=True)
+    with pytest.raises(ConnectionError, match="connection reset"):
+        while stream.read(1 << 20):
+            pass
+    stream.close()
+
+
+def test_closing_early_stops_the_child():
+    stream, _ = decompressed(io.BytesIO(_gzip_members()), worker=True)
+    assert stream.read(1000) == RAW[:1000]
+    proc = stream._proc  # type: ignore[attr-defined]
+    stream.close()
+    assert proc.poll() is not None
+
+
+def test_worker_choice(tmp_path, monkeypatch):
+    monkeypatch.delenv("OVERLAYBD_DECODE_WORKER", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    small = tmp_path / "small.tar.gz"
+    small.write_bytes(gzip.compress(b"x" * 1000))
+    big = tmp_path / "big.tar.gz"
+    big.write_bytes(random.Random(1).randbytes(layerdecode.WORKER_MIN_BYTES + 10))
+    with open(small, "rb") as f:
+        assert not layerdecode._use_worker(f)
+    with open(big, "rb") as f:
+        assert layerdecode._use_worker(f)
+    assert layerdecode._use_worker(io.BytesIO(b"a network stream"))
+    monkeypatch.setenv("OVERLAYBD_DECODE_WORKER", "0")
+    with open(big, "rb") as f:
+        assert not layerdecode._use_worker(f)
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    monkeypatch.delenv("OVERLAYBD_DECODE_WORKER")
+    assert not layerdecode._use_worker(io.BytesIO(b""))
