@@ -27,6 +27,7 @@ import zstandard
 from isal import isal_zlib
 
 from overlaybd_provider.ext4.errors import LayerTarError
+from overlaybd_provider.workers import env_choice, module_process, spare_core
 
 __all__ = ["GZIP_MAGIC", "ZSTD_MAGIC", "decompressed"]
 
@@ -154,10 +155,8 @@ class _ProcessDecoder(io.RawIOBase):
 
     def __init__(self, src: BinaryIO, kind: str) -> None:
         self.kind = kind
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-        self._proc = subprocess.Popen(
-            [sys.executable, "-m", __name__, kind], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, env=env)
+        self._proc = module_process(__name__, [kind], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE)
         assert self._proc.stdin is not None and self._proc.stdout is not None
         _grow_pipe(self._proc.stdin.fileno())
         _grow_pipe(self._proc.stdout.fileno())
@@ -225,10 +224,10 @@ class _ProcessDecoder(io.RawIOBase):
 
 
 def _use_worker(src: BinaryIO) -> bool:
-    setting = os.environ.get("OVERLAYBD_DECODE_WORKER")
-    if setting in ("0", "1"):
-        return setting == "1"
-    if os.name != "posix" or (os.cpu_count() or 1) < 2:
+    forced = env_choice("OVERLAYBD_DECODE_WORKER")
+    if forced is not None:
+        return forced
+    if not spare_core():
         return False
     try:
         st = os.fstat(src.fileno())

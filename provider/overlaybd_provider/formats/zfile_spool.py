@@ -23,7 +23,6 @@ import mmap
 import os
 import select
 import subprocess
-import sys
 import tempfile
 from array import array
 from itertools import accumulate, islice
@@ -34,6 +33,7 @@ from overlaybd_provider.formats.zfile_worker import JOB as _JOB
 from overlaybd_provider.formats.zfile_worker import pwrite_all as _pwrite_all
 from overlaybd_provider.formats.zfile_worker import read_exact as _read_exact
 from overlaybd_provider.formats.zfile_worker import write_all as _write_all
+from overlaybd_provider.workers import env_choice, module_process, spare_core
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +67,9 @@ class CompressedSpool:
         self._done: dict[int, tuple[int, array]] = {}  # finished out of order: first block -> (base, lengths)
         self._recorded = 0  # blocks whose offsets are in ``offsets``
         self._pid = 0
-        if worker is None and os.environ.get("OVERLAYBD_SPOOL_WORKER") in ("0", "1"):
-            worker = os.environ["OVERLAYBD_SPOOL_WORKER"] == "1"
-        self._auto = worker is None and os.name == "posix" and (os.cpu_count() or 1) > 1
+        if worker is None:
+            worker = env_choice("OVERLAYBD_SPOOL_WORKER")
+        self._auto = worker is None and spare_core()
         self._appended = 0  # raw bytes, for the automatic start
         if worker:
             self._start_worker()
@@ -89,10 +89,8 @@ class CompressedSpool:
             c = self.compressor
             args = [ring_fd, RING_BYTES, job_r, ack_w, self.fd, c.algo, c.block_size, c.level, int(c.verify),
                     c.zstd_threads]
-            env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-            self._proc = subprocess.Popen(
-                [sys.executable, "-m", "overlaybd_provider.formats.zfile_worker", *map(str, args)],
-                pass_fds=(ring_fd, job_r, ack_w, self.fd), stdin=subprocess.DEVNULL, env=env)
+            self._proc = module_process("overlaybd_provider.formats.zfile_worker", args,
+                                        pass_fds=(ring_fd, job_r, ack_w, self.fd), stdin=subprocess.DEVNULL)
         except BaseException:
             for fd in (job_w, ack_r):
                 os.close(fd)
