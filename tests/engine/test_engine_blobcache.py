@@ -115,3 +115,19 @@ def test_upload_failure_fails_cleanly_then_rerun_finishes(registry, fault_proxy,
         assert manifest_of(registry, f"{registry.host}/{registry_repo}/obd:v1")[1] == fresh["target"]["digest"]
     finally:
         dedup.close()
+
+
+def test_first_layer_is_built_while_a_later_download_is_still_running(registry, fault_proxy, registry_repo,
+                                                                       tmp_path):
+    """Downloads start together, but a layer is built as soon as its own (and its lowers')
+    downloads are done: a slow top-layer download no longer holds back the base layer."""
+    src = make_source(tmp_path, registry, f"{registry_repo}/src-slow", [BASE, MID, TOP_A])
+    manifest, _ = manifest_of(registry, src)
+    top = manifest["layers"][-1]["digest"]
+    fault_proxy.inject("delay", 1, method="GET", path=f"/blobs/{top}$", delay=2.0)
+    events: list[tuple[int, str]] = []
+    convert_image(src.replace(registry.host, fault_proxy.host, 1), f"{fault_proxy.host}/{registry_repo}/obd:slow",
+                  ConvertOptions(blob_cache=None), src_registry=registry.options(), dst_registry=registry.options(),
+                  progress=lambda e: events.append((e["index"], e["what"])) if e.get("event") == "layer" else None)
+    assert events.index((0, "built")) < events.index((2, "downloaded")) < events.index((2, "built"))
+    judge(registry, f"{registry.host}/{registry_repo}/obd:slow", tmp_path / "judge-slow")

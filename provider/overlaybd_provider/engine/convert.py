@@ -22,7 +22,7 @@ from overlaybd_provider.engine import layerops, publish
 from overlaybd_provider.engine.dedup import DedupStore
 from overlaybd_provider.engine.options import ConvertOptions
 from overlaybd_provider.engine.report import ConvertReport, Progress, add_stats, build_report, emit
-from overlaybd_provider.engine.stages import download_inputs, prepare, publish_all
+from overlaybd_provider.engine.stages import DOWNLOADS_PER_IMAGE, prepare, publish_all, start_downloads
 from overlaybd_provider.engine.storeio import Endpoint, open_endpoint
 from overlaybd_provider.engine.workspace import ImagePlan, Plan, Workspace
 from overlaybd_provider.oci.options import RegistryOptions
@@ -54,18 +54,24 @@ def _convert_one(ws: Workspace, plan: Plan, image: ImagePlan, options: ConvertOp
                  dst: Endpoint, dedup: DedupStore | None, progress: Progress | None) -> None:
     """One platform: every layer to build is downloaded, built, pushed and recorded in order.
 
-    The push (+ record) of layer *i* runs on one background thread while layer *i+1* is built; at
-    most one push is in flight, pushes and records keep layer order, and a push error stops the
-    build loop and is raised here (nothing is tagged: documents are pushed after this returns)."""
+    Downloads run concurrently from the start, and layer *i* is built as soon as the downloads
+    of layers 0..*i* are done (not all of them). The push (+ record) of layer *i* runs on one
+    background thread while layer *i+1* is built; at most one push is in flight, pushes and
+    records keep layer order, and a download or push error stops the build loop and is raised
+    here (nothing is tagged: documents are pushed after this returns)."""
     cache = options.blob_cache_store()
-    download_inputs(ws, plan, image, src, dst if not options.no_upload else None, progress, cache)
     stats = publish.PushStats()
-    with ThreadPoolExecutor(1, thread_name_prefix="obd-push") as uploader:
+    with (ThreadPoolExecutor(DOWNLOADS_PER_IMAGE, thread_name_prefix="obd-fetch") as fetcher,
+          ThreadPoolExecutor(1, thread_name_prefix="obd-push") as uploader):
+        downloads = start_downloads(fetcher, ws, plan, image, src, dst if not options.no_upload else None,
+                                    progress, cache)
         pending: Future[None] | None = None
         try:
             for layer in image.layers:
                 if pending is not None and pending.done():
                     pending.result()  # a failed push stops the conversion before more work
+                for index in sorted(i for i in downloads if i <= layer.index):
+                    downloads.pop(index).result()  # this layer's source and its lowers are here
                 if layer.action == "reuse":
                     emit(progress, image, layer, "reused")
                     continue
@@ -88,9 +94,13 @@ def _convert_one(ws: Workspace, plan: Plan, image: ImagePlan, options: ConvertOp
                 pending = uploader.submit(_push_and_record, ws, dst, dedup, plan, layer, info, stats)
             if pending is not None:
                 pending.result()
+            for future in downloads.values():
+                future.result()  # downloads no build needed (none in practice): still verified
         except BaseException:
             if pending is not None:
                 pending.cancel()
+            for future in downloads.values():
+                future.cancel()
             raise
 
 

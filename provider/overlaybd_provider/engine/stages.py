@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +25,11 @@ from overlaybd_provider.engine.storeio import Endpoint, open_endpoint
 from overlaybd_provider.engine.workspace import ImagePlan, Plan, Workspace
 from overlaybd_provider.oci.options import RegistryOptions
 
-__all__ = ["build", "cleanup", "compress", "options_from_plan", "pull", "push", "record", "report"]
+__all__ = ["build", "cleanup", "compress", "download_inputs", "options_from_plan", "pull", "push", "record", "report",
+           "start_downloads"]
 
 log = logging.getLogger(__name__)
-_DOWNLOADS = 4  # concurrent blob downloads per image
+DOWNLOADS_PER_IMAGE = 4  # concurrent blob downloads per image
 
 
 def options_from_plan(plan: Plan) -> ConvertOptions:
@@ -54,12 +55,14 @@ def _map(images: list[ImagePlan], limit: int, fn) -> list[Any]:
         return list(pool.map(fn, images))
 
 
-def download_inputs(ws: Workspace, plan: Plan, image: ImagePlan, src: Endpoint, dst: Endpoint | None,
-                    progress: Progress | None = None, cache: BlobCache | None = None) -> int:
-    """Source tars of layers to build, and reused blobs that a built layer stands on.
+def start_downloads(pool: ThreadPoolExecutor, ws: Workspace, plan: Plan, image: ImagePlan, src: Endpoint,
+                    dst: Endpoint | None, progress: Progress | None = None,
+                    cache: BlobCache | None = None) -> dict[int, Future[int]]:
+    """Submit the downloads a build of ``image`` needs: source tars of layers to build, and reused
+    blobs that a built layer stands on. Returns ``{layer index: future of bytes fetched}``.
 
-    The downloads run concurrently (they are independent; each output appears atomically), and a
-    reused blob found in the local blob ``cache`` is linked instead of downloaded."""
+    Each output appears atomically, and a reused blob found in the local blob ``cache`` is
+    linked instead of downloaded."""
     builds = [layer.index for layer in image.layers if layer.action == "build" and ws.blob_info(layer) is None]
     last_build = max(builds, default=-1)
     jobs = []
@@ -80,11 +83,15 @@ def download_inputs(ws: Workspace, plan: Plan, image: ImagePlan, src: Endpoint, 
             emit(progress, image, layer, "downloaded", bytes_in=n, seconds=time.monotonic() - started)
         return n
 
-    if len(jobs) <= 1:
-        return sum(run(layer, fetch) for layer, fetch in jobs)
-    with ThreadPoolExecutor(min(len(jobs), _DOWNLOADS), thread_name_prefix="obd-fetch") as pool:
-        futures = [pool.submit(run, layer, fetch) for layer, fetch in jobs]
-        return sum(f.result() for f in futures)
+    return {layer.index: pool.submit(run, layer, fetch) for layer, fetch in jobs}
+
+
+def download_inputs(ws: Workspace, plan: Plan, image: ImagePlan, src: Endpoint, dst: Endpoint | None,
+                    progress: Progress | None = None, cache: BlobCache | None = None) -> int:
+    """Every download of :func:`start_downloads`, concurrently; returns the bytes fetched."""
+    with ThreadPoolExecutor(DOWNLOADS_PER_IMAGE, thread_name_prefix="obd-fetch") as pool:
+        futures = start_downloads(pool, ws, plan, image, src, dst, progress, cache)
+        return sum(f.result() for f in futures.values())
 
 
 def prepare(src: str, dst: str, ws: Workspace, options: ConvertOptions, src_ep: Endpoint, dst_ep: Endpoint,
