@@ -142,7 +142,9 @@ def pull(src: str, dst: str, staging_dir: str | Path, *, options: ConvertOptions
 
 
 def build(staging_dir: str | Path, *, platform: str | None = None, progress: Progress | None = None) -> dict[str, Any]:
-    """Apply every layer still to build, bottom first, into ``layers/<chain>/layer.lsmt``."""
+    """Apply every layer still to build, bottom first, straight into its layer blob
+    ``layers/<chain>/overlaybd.commit`` (compressed while the tar is applied: no raw LSMT is
+    written and read back, docs/engine-stages.md); :func:`compress` then only reports it."""
     ws = Workspace(staging_dir)
     plan = ws.load_plan()
     options = options_from_plan(plan)
@@ -154,17 +156,17 @@ def build(staging_dir: str | Path, *, platform: str | None = None, progress: Pro
                 skipped += 1
                 continue
             with ws.layer_lock(layer):
-                if ws.lsmt_path(layer).exists():
+                if ws.blob_info(layer) is not None or ws.lsmt_path(layer).exists():
                     skipped += 1
                     continue
                 if not ws.source_blob(layer).exists():
                     raise StageError(f"[{image.label}] layer {layer.index}: source not downloaded: run pull")
-                stats = layerops.build_layer(ws, image, layer, options, raw=True)
-            add_stats(ws, layer, bytes_in=stats.bytes_in, seconds=stats.seconds)
+                stats = layerops.build_layer(ws, image, layer, options, raw=False)
+            add_stats(ws, layer, bytes_in=stats.bytes_in, bytes_out=stats.bytes_out, seconds=stats.seconds)
             emit(progress, image, layer, "built", bytes_in=stats.bytes_in, bytes_out=stats.bytes_out,
                  seconds=stats.seconds)
             built.append({"platform": image.platform, "index": layer.index, "chain_id": layer.chain_id,
-                          "path": ws.rel(ws.lsmt_path(layer)), "size": stats.bytes_out,
+                          "path": ws.rel(ws.blob_path(layer)), "size": stats.bytes_out,
                           "seconds": round(stats.seconds, 3)})
         return built, skipped
 
@@ -174,7 +176,8 @@ def build(staging_dir: str | Path, *, platform: str | None = None, progress: Pro
 
 def compress(staging_dir: str | Path, *, platform: str | None = None,
              progress: Progress | None = None) -> dict[str, Any]:
-    """Turn each built LSMT into the layer blob (tar(ZFile(LSMT))) and note its digest."""
+    """List every built layer blob with its digest; a raw ``layer.lsmt`` left by an earlier
+    version's build stage is turned into the blob (tar(ZFile(LSMT))) first."""
     ws = Workspace(staging_dir)
     plan = ws.load_plan()
     options = options_from_plan(plan)

@@ -173,7 +173,7 @@ class _StagingStage(OverlaybdBaseOperator):
 
 
 class Ext4LayerBuildOperator(_StagingStage):
-    """Apply each layer to be built onto its lower stack → sealed LSMT (ext4) per layer."""
+    """Apply each layer to be built onto its lower stack, straight into its compressed layer blob."""
 
     def execute(self, context: Any) -> dict[str, Any]:
         image = self._image()
@@ -202,7 +202,7 @@ class Ext4LayerBuildOperator(_StagingStage):
 
 
 class ZFileCompressOperator(_StagingStage):
-    """LSMT → ZFile (lz4/zstd) → upstream tar-wrapped layer blob, digest recorded per layer."""
+    """The layer blobs with their digests; a raw LSMT left by an earlier version is compressed first."""
 
     def execute(self, context: Any) -> dict[str, Any]:
         image = self._image()
