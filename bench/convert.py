@@ -13,6 +13,8 @@ Cases (corpus: bench/corpus.py):
               against converting its last layer alone (``alt-top``, a one-layer image of that
               layer: same download, build and push) and against ``apply-layer`` of that layer on
               the converted lowers (no registry I/O: the floor).
+              ``registry cold, stages`` converts b through the engine stages in one process, the
+              path of Airflow's convert operator (bench/stagesrun.py).
   layout      ``overlaybd convert oci:LAYOUT:debian oci:OUT`` (cold).
 
 Every time is the median of ``--runs`` fresh processes (wall time, including the interpreter
@@ -96,7 +98,8 @@ def _image_out_bytes(host: str, repo: str, tag: str) -> int | None:
 def convert_section(rows: list[Row], data: corpus.Corpus, work: Path, runs: int, quick: bool,
                     convert_args: list[str], db_flag: str, b_blobs: list | None) -> None:
     """Registry → registry: cold, manifest-cache hit, shared-all-but-last vs last alone; layout → layout."""
-    names = ("registry cold", "registry cache hit", "registry shared-all-but-last", "registry last layer alone")
+    names = ("registry cold", "registry cache hit", "registry shared-all-but-last", "registry last layer alone",
+             "registry cold, stages")
     try:
         require_subcommand("convert", db_flag)
     except MissingCommand as exc:
@@ -127,14 +130,20 @@ def convert_section(rows: list[Row], data: corpus.Corpus, work: Path, runs: int,
             hit = sample(lambda i: [convert(src, i, "debian")], runs)
             shared = sample(lambda i: [convert(src_alt, i, "debian-alt")], runs)
             top_alone = sample(lambda i: [convert(src_top, i, "alt-top")], runs)
-            measured = [cold, hit, shared, top_alone]
+            staged = sample(lambda i: [[sys.executable, str(Path(__file__).with_name("stagesrun.py")), src,
+                                        f"{host}/bench/staged{i}:debian", f"sqlite:///{work / f'staged-{i}.sqlite'}"]],
+                            runs)
+            measured = [cold, hit, shared, top_alone, staged]
         except CommandFailed as exc:
             rows.extend(Row(case=name, algo="lz4", bs="4K", note=cases.failure_note(exc)) for name in names)
         if measured:
-            cold, hit, shared, top_alone = measured
+            cold, hit, shared, top_alone, staged = measured
             rows.append(Row("registry cold", "lz4", "4K", runs, cold.seconds, image_tar, image_entries,
                             cold.max_rss_mb, _image_out_bytes(host, "bench/out0", "debian"),
                             cpu_seconds=cold.cpu_seconds))
+            rows.append(Row("registry cold, stages", "lz4", "4K", runs, staged.seconds, image_tar, image_entries,
+                            staged.max_rss_mb, _image_out_bytes(host, "bench/staged0", "debian"),
+                            cpu_seconds=staged.cpu_seconds, note="the Airflow convert operator's path (bench/stagesrun.py)"))
             row = Row("registry cache hit", "lz4", "4K", runs, hit.seconds, max_rss_mb=hit.max_rss_mb,
                       cpu_seconds=hit.cpu_seconds)
             if not quick:
