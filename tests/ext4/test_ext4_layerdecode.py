@@ -117,3 +117,14 @@ def test_worker_choice(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "cpu_count", lambda: 1)
     monkeypatch.delenv("OVERLAYBD_DECODE_WORKER")
     assert not layerdecode._use_worker(io.BytesIO(b""))
+
+
+def test_converter_processes_keep_large_buffers():
+    """The CLI (and every worker) raises glibc's mmap/trim thresholds once: 1-4 MiB buffers are
+    then reused instead of page-faulted in again (docstring of overlaybd_provider.malloc)."""
+    import subprocess
+    import sys
+
+    code = ("from overlaybd_provider import malloc; import sys; "
+            "sys.exit(0 if malloc.keep_large_buffers() and malloc.keep_large_buffers() else 1)")
+    assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0

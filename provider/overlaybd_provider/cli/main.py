@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 from overlaybd_provider import __version__
 from overlaybd_provider.errors import OverlaybdError
+from overlaybd_provider.malloc import keep_large_buffers
 
 # Sub-command modules, in the order they appear in --help. A module missing here is skipped
 # so that a partially installed tree still offers the commands it has.
@@ -50,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
 def run(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    keep_large_buffers()
     logging.basicConfig(
         level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
         format="%(message)s",

@@ -27,6 +27,7 @@ import zstandard
 from isal import isal_zlib
 
 from overlaybd_provider.ext4.errors import LayerTarError
+from overlaybd_provider.malloc import keep_large_buffers
 from overlaybd_provider.workers import env_choice, module_process, spare_core
 
 __all__ = ["GZIP_MAGIC", "ZSTD_MAGIC", "decompressed"]
@@ -254,6 +255,7 @@ def _main(argv: list[str]) -> int:
     if len(argv) != 1 or argv[0] not in _DECODERS:
         print(f"usage: python -m {__name__} gzip|zstd", file=sys.stderr)
         return 2
+    keep_large_buffers()
     decoder = _DECODERS[argv[0]](io.FileIO(0, closefd=False))  # type: ignore[arg-type]
     try:
         while data := decoder.read(_CHUNK):

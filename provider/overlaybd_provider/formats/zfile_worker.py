@@ -66,6 +66,9 @@ def serve(ring: memoryview, compressor, job_r: int, ack_w: int, spool_fd: int) -
 def main(argv: list[str] | None = None) -> int:
     """``RING_FD RING_BYTES JOB_R ACK_W SPOOL_FD ALGO BLOCK_SIZE LEVEL VERIFY ZSTD_THREADS``."""
     from overlaybd_provider.formats.zfile_codec import BatchCompressor
+    from overlaybd_provider.malloc import keep_large_buffers
+
+    keep_large_buffers()
 
     ring_fd, ring_bytes, job_r, ack_w, spool_fd, algo, block_size, level, verify, zstd_threads = (
         int(a) for a in (sys.argv[1:] if argv is None else argv))

@@ -15,6 +15,7 @@ from airflow.sdk.exceptions import AirflowException
 from overlaybd_provider.errors import OverlaybdError
 from overlaybd_provider.hooks.dedup import OverlaybdDedupHook
 from overlaybd_provider.hooks.registry import OciRegistryHook
+from overlaybd_provider.malloc import keep_large_buffers
 from overlaybd_provider.operators.staging import StagingArea, staging_key
 from overlaybd_provider.operators.summary import conversion_row
 
@@ -136,7 +137,9 @@ class OverlaybdBaseOperator(BaseOperator):
     # -- errors -------------------------------------------------------------------------------
     @contextlib.contextmanager
     def engine_errors(self, what: str) -> Iterator[None]:
-        """Engine errors are user-facing one-liners: keep the message, drop the engine traceback."""
+        """Engine errors are user-facing one-liners: keep the message, drop the engine traceback.
+        Every engine call runs in here, so it also tunes the task process's allocator for it."""
+        keep_large_buffers()
         try:
             yield
         except OverlaybdError as exc:
