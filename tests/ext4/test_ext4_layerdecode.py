@@ -128,3 +128,68 @@ def test_converter_processes_keep_large_buffers():
     code = ("from overlaybd_provider import malloc; import sys; "
             "sys.exit(0 if malloc.keep_large_buffers() and malloc.keep_large_buffers() else 1)")
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
+
+
+def test_killed_converter_leaves_no_worker_behind(tmp_path):
+    """SIGKILL of the converter mid-layer (an OOM kill, a killed Airflow task): its compressor
+    and decoder processes see their pipes close and exit on their own."""
+    import signal
+    import subprocess
+    import tarfile
+    import time
+
+    from support.paths import overlaybd_cli
+
+    src = tmp_path / "layer.tar.gz"
+    with gzip.open(src, "wb", compresslevel=1) as gz, tarfile.open(fileobj=gz, mode="w") as tf:
+        rng = random.Random(9)
+        for i in range(12):
+            data = rng.randbytes(8 << 20)
+            info = tarfile.TarInfo(f"f{i}")
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    proc = subprocess.Popen([*overlaybd_cli(), "apply-layer", str(src), str(tmp_path / "out.blob")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        children: set[int] = set()
+        deadline = time.monotonic() + 60
+        while len(children) < 2 and proc.poll() is None and time.monotonic() < deadline:
+            children |= {pid for pid, cmd in _children_of(proc.pid) if "layerdecode" in cmd or "zfile_worker" in cmd}
+            time.sleep(0.02)
+        assert len(children) == 2, "the decoder and compressor processes did not both start"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and any(_alive(pid) for pid in children):
+            time.sleep(0.05)
+        assert not any(_alive(pid) for pid in children)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert not (tmp_path / "out.blob").exists()
+
+
+def _children_of(ppid: int) -> list[tuple[int, str]]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                if int(f.read().rsplit(")", 1)[1].split()[1]) != ppid:
+                    continue
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                out.append((int(entry), f.read().replace(b"\0", b" ").decode()))
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
+
+
+def _alive(pid: int) -> bool:
+    """Running (an exited orphan is reaped by init; a zombie counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
