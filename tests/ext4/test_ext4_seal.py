@@ -32,8 +32,24 @@ def _payload(rng: random.Random, nblocks: int) -> bytes:
     return bytes(out[: nblocks * BS].ljust(nblocks * BS, b"\0"))
 
 
-def _fill(dev: OverlayBlockDevice, seed: int) -> dict[int, bytes]:
-    """Metadata singles, data runs, overwrites inside runs, runs written over singles."""
+def _in_place(dev: OverlayBlockDevice, n: int, data: bytes, cut: int) -> bytes:
+    """``write_blocks_from`` of ``data`` minus its last ``cut`` bytes, handed over in odd-sized
+    reads like a tar reader's; returns what the blocks must hold (zero padding included)."""
+    nbytes = len(data) - cut
+    src = io.BytesIO(data[:nbytes])
+
+    def fill(view: memoryview) -> None:
+        got = 0
+        while got < len(view):
+            got += src.readinto(view[got:got + 5000])
+
+    dev.write_blocks_from(n, nbytes, fill)
+    return data[:nbytes] + bytes(cut)
+
+
+def _fill(dev: OverlayBlockDevice, seed: int, in_place: bool = False) -> dict[int, bytes]:
+    """Metadata singles, data runs, overwrites inside runs, runs written over singles.
+    ``in_place``: data runs go through ``write_blocks_from`` (the tar reader's path)."""
     rng = random.Random(seed)
     truth: dict[int, bytes] = {}
     for n in (0, 1, 2, 40, 41, 9000):
@@ -44,7 +60,10 @@ def _fill(dev: OverlayBlockDevice, seed: int) -> dict[int, bytes]:
     for _ in range(40):
         count = rng.choice((1, 2, 7, 64, 300))
         data = _payload(rng, count)
-        dev.write_blocks(nxt, data)
+        if in_place:
+            data = _in_place(dev, nxt, data, rng.choice((0, 100, BS - 1)))
+        else:
+            dev.write_blocks(nxt, data)
         for i in range(count):
             truth[nxt + i] = data[i * BS:(i + 1) * BS]
         nxt += count + rng.choice((0, 0, 3))
@@ -53,7 +72,10 @@ def _fill(dev: OverlayBlockDevice, seed: int) -> dict[int, bytes]:
         dev.write_block(n, block)
         truth[n] = block
     data = _payload(rng, 4)  # a run over existing singles falls back to per-block writes
-    dev.write_blocks(40, data)
+    if in_place:
+        data = _in_place(dev, 40, data, 10)
+    else:
+        dev.write_blocks(40, data)
     for i in range(4):
         truth[40 + i] = data[i * BS:(i + 1) * BS]
     return truth
@@ -71,8 +93,8 @@ def _plain_blob(truth: dict[int, bytes], algorithm: str) -> bytes:
 
 
 @pytest.mark.parametrize("algorithm", ["lz4", "zstd"])
-@pytest.mark.parametrize("worker", [False, True])
-def test_sealed_blob_matches_plain_path(tmp_path, algorithm, worker, monkeypatch):
+@pytest.mark.parametrize("worker,in_place", [(False, False), (True, False), (False, True), (True, True)])
+def test_sealed_blob_matches_plain_path(tmp_path, algorithm, worker, in_place, monkeypatch):
     monkeypatch.setenv("OVERLAYBD_SPOOL_WORKER", "1" if worker else "0")
     monkeypatch.setattr(zfile_spool, "RING_BYTES", 3 * 1024 * 1024 + 8192)  # force ring wrap-arounds
     monkeypatch.setattr(zfile_spool, "JOB_BYTES", 256 * 1024)
@@ -80,7 +102,7 @@ def test_sealed_blob_matches_plain_path(tmp_path, algorithm, worker, monkeypatch
     comp = BatchCompressor(ALGORITHMS[algorithm], BS)
     dev = OverlayBlockDevice(None, block_count=VSIZE // BS, spool_dir=str(tmp_path), compressor=comp)
     try:
-        truth = _fill(dev, 7)
+        truth = _fill(dev, 7, in_place)
         for n in (0, 41, 100, 150, 101 + 64, 9000, 5):  # reads see the last write (or zeros)
             assert dev.read_block(n) == truth.get(n, bytes(BS)), n
         assert dev.blocks_written == len(truth)

@@ -13,7 +13,7 @@ import logging
 import os
 import tempfile
 from array import array
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 from overlaybd_provider.ext4.layout import BLOCK_SIZE
@@ -248,6 +248,25 @@ class OverlayBlockDevice:
             self._pend_bytes += len(data)
             if self._pend_bytes >= _PEND_LIMIT:
                 self._flush_pending()
+        self._add_run(n, count, slot)
+
+    def write_blocks_from(self, n: int, nbytes: int, fill: Callable[[memoryview], None]) -> None:
+        """Write ``nbytes`` (zero-padded to whole blocks) at block ``n``; ``fill(view)`` puts the
+        bytes in place, piece by piece in order. With the compressing spool they land straight
+        in its shared ring (no intermediate buffer); otherwise this is :meth:`write_blocks`."""
+        count = -(-nbytes // BLOCK_SIZE)
+        if count == 0:
+            return
+        self._check_range(n, count)
+        if self._zs is None or self._overlaps_upper(n, count):
+            buf = bytearray(count * BLOCK_SIZE)
+            fill(memoryview(buf)[:nbytes])
+            self.write_blocks(n, buf)
+            return
+        self._add_run(n, count, self._zs.append_from(nbytes, fill))
+
+    def _add_run(self, n: int, count: int, slot: int) -> None:
+        """Record fresh blocks ``n .. n+count-1`` at spool slot ``slot`` (merged with the run before)."""
         self._max_end = max(self._max_end, n + count)
         i = bisect.bisect_left(self._run_start, n)
         if (i > 0 and self._run_start[i - 1] + self._run_len[i - 1] == n

@@ -255,7 +255,7 @@ class ChangesetApplier:
                 src = tf.extractfile(ti)
                 if src is None:
                     raise LayerEntryError(f"{what}: cannot read member data")
-                fs.write_data(inode, src.read, ti.size, what)
+                fs.write_data(inode, src.read, ti.size, what, readinto=getattr(src, "readinto", None))
                 self.stats.data_bytes += ti.size
             ftype = L.FT_REG_FILE
             self.stats.files += 1

@@ -220,19 +220,41 @@ class Filesystem:
         data_blocks = sum(e[2] for e in extents)
         inode.blocks_512 = (data_blocks + need + (1 if inode.file_acl else 0)) * 8
 
-    def write_data(self, inode: Inode, read: Callable[[int], bytes], size: int, name: str = "") -> None:
-        """Stream ``size`` bytes from ``read`` into newly allocated contiguous blocks."""
+    def write_data(self, inode: Inode, read: Callable[[int], bytes], size: int, name: str = "",
+                   readinto: Callable[[memoryview], int] | None = None) -> None:
+        """Stream ``size`` bytes from ``read`` into newly allocated contiguous blocks.
+
+        With ``readinto`` (a file object's), the bytes are read straight into the device's
+        compressor ring instead of into a fresh buffer that is then copied there."""
         nblocks = -(-size // L.BLOCK_SIZE)
         runs = self.alloc.alloc_blocks(nblocks)
         remaining = size
+
+        def short(got: int) -> Ext4Error:
+            return Ext4Error(f"{name}: input ended after {size - remaining + got} of {size} bytes")
+
+        def fill(view: memoryview) -> None:
+            nonlocal remaining
+            got = 0
+            while got < len(view):
+                n = readinto(view[got:])  # type: ignore[misc]
+                if not n:
+                    raise short(got)
+                got += n
+            remaining -= got
+
         for start, count in runs:
             done = 0
             while done < count:
                 take = min(count - done, _WRITE_CHUNK_BLOCKS)
                 want = min(take * L.BLOCK_SIZE, remaining)
+                if readinto is not None:
+                    self.dev.write_blocks_from(start + done, want, fill)
+                    done += take
+                    continue
                 data = read(want)
                 if len(data) != want:
-                    raise Ext4Error(f"{name}: input ended after {size - remaining + len(data)} of {size} bytes")
+                    raise short(len(data))
                 remaining -= want
                 if want < take * L.BLOCK_SIZE:
                     data = data + bytes(take * L.BLOCK_SIZE - want)

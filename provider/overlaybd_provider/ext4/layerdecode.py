@@ -139,6 +139,8 @@ class _Peek(io.RawIOBase):
         return self._src.read(size)
 
     def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
+        if not self._head and hasattr(self._src, "readinto"):
+            return self._src.readinto(b) or 0
         data = self.read(len(b))
         b[:len(data)] = data
         return len(data)

@@ -61,6 +61,11 @@ class ForwardReader:
         self.count += len(data)
         return data
 
+    def readinto(self, b: memoryview) -> int:
+        n = self._inner.readinto(b) or 0
+        self.count += n
+        return n
+
 
 class _TarInfo(tarfile.TarInfo):
     """Records why the header loop ended: tarfile silently stops on a truncated or corrupt
@@ -254,6 +259,26 @@ class TarReader:
             self._base += len(chunk)
         return b"".join(parts)
 
+    def readinto(self, b: memoryview) -> int:
+        """Fill ``b`` from the buffer, then straight from the stream (no intermediate bytes)."""
+        view = memoryview(b).cast("B")
+        buf, pos = self._buf, self._pos
+        done = min(len(buf) - pos, len(view))
+        if done:
+            view[:done] = memoryview(buf)[pos:pos + done]
+            self._pos = pos + done
+        if done < len(view):
+            self._base += len(buf)
+            self._buf, self._pos = b"", 0
+            while done < len(view) and not self._eof:
+                n = self._src.readinto(view[done:])
+                if not n:
+                    self._eof = True
+                    break
+                done += n
+                self._base += n
+        return done
+
     def seek(self, pos: int, whence: int = 0) -> int:
         if whence != 0:
             raise io.UnsupportedOperation("TarReader seeks only to absolute positions")
@@ -409,6 +434,19 @@ class _MemberData:
             raise tarfile.ReadError("unexpected end of data")
         self._left -= size
         return data
+
+    def readinto(self, b: memoryview) -> int:
+        r = self._reader
+        if self._start >= 0:
+            if r.tell() != self._start:
+                r.seek(self._start)
+            self._start = -1
+        view = memoryview(b).cast("B")[:self._left]
+        n = r.readinto(view)
+        if n != len(view):
+            raise tarfile.ReadError("unexpected end of data")
+        self._left -= n
+        return n
 
 
 def open_tar_stream(stream: ForwardReader) -> TarReader:

@@ -25,6 +25,7 @@ import select
 import subprocess
 import tempfile
 from array import array
+from collections.abc import Callable
 from itertools import accumulate, islice
 
 from overlaybd_provider.formats.zfile_codec import BatchCompressor
@@ -211,6 +212,31 @@ class CompressedSpool:
             if off != self._open_off + self._open_len:
                 raise AssertionError("ring reservation out of order")
             self._open_len += len(piece)
+            if self._open_len >= JOB_BYTES:
+                self._send_open()
+        return first
+
+    def append_from(self, nbytes: int, fill: Callable[[memoryview], None]) -> int:
+        """Like :meth:`append` for ``nbytes`` of data (zero-padded to whole blocks) that
+        ``fill(view)`` writes in place, piece by piece in order, straight into the shared ring:
+        file data goes from the tar reader to the compressor without an intermediate buffer."""
+        total = -(-nbytes // self.block_size) * self.block_size
+        if not self._pid:
+            buf = bytearray(total)
+            fill(memoryview(buf)[:nbytes])
+            return self.append(buf)
+        first = self.blocks + -(-self._open_len // self.block_size)
+        ring = memoryview(self._ring)
+        for pos in range(0, total, JOB_BYTES):
+            n = min(JOB_BYTES, total - pos)
+            off = self._reserve(n)
+            if off != self._open_off + self._open_len:
+                raise AssertionError("ring reservation out of order")
+            data = min(n, nbytes - pos)
+            fill(ring[off:off + data])
+            if data < n:
+                ring[off + data:off + n] = bytes(n - data)
+            self._open_len += n
             if self._open_len >= JOB_BYTES:
                 self._send_open()
         return first
