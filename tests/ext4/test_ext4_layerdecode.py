@@ -139,6 +139,7 @@ def test_killed_converter_leaves_no_worker_behind(tmp_path):
     import time
 
     from support.paths import overlaybd_cli
+    from support.procs import alive, children_of
 
     src = tmp_path / "layer.tar.gz"
     with gzip.open(src, "wb", compresslevel=1) as gz, tarfile.open(fileobj=gz, mode="w") as tf:
@@ -154,42 +155,18 @@ def test_killed_converter_leaves_no_worker_behind(tmp_path):
         children: set[int] = set()
         deadline = time.monotonic() + 60
         while len(children) < 2 and proc.poll() is None and time.monotonic() < deadline:
-            children |= {pid for pid, cmd in _children_of(proc.pid) if "layerdecode" in cmd or "zfile_worker" in cmd}
+            children |= {pid for pid, cmd in children_of(proc.pid) if "layerdecode" in cmd or "zfile_worker" in cmd}
             time.sleep(0.02)
         assert len(children) == 2, "the decoder and compressor processes did not both start"
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and any(_alive(pid) for pid in children):
+        while time.monotonic() < deadline and any(alive(pid) for pid in children):
             time.sleep(0.05)
-        assert not any(_alive(pid) for pid in children)
+        assert not any(alive(pid) for pid in children)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
     assert not (tmp_path / "out.blob").exists()
 
-
-def _children_of(ppid: int) -> list[tuple[int, str]]:
-    out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                if int(f.read().rsplit(")", 1)[1].split()[1]) != ppid:
-                    continue
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                out.append((int(entry), f.read().replace(b"\0", b" ").decode()))
-        except (OSError, ValueError, IndexError):
-            continue
-    return out
-
-
-def _alive(pid: int) -> bool:
-    """Running (an exited orphan is reaped by init; a zombie counts as gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False

@@ -19,6 +19,7 @@ from overlaybd_provider.formats.lsmt_writer import LSMTWriter
 from overlaybd_provider.formats.zfile_codec import BatchCompressor
 from overlaybd_provider.formats.zfile_header import ALGORITHMS
 from overlaybd_provider.formats.zfile_spool import CompressedSpool
+from support.procs import children_of
 
 BS = 4096
 VSIZE = 1 << 30
@@ -166,8 +167,7 @@ def test_spool_worker_runs_beside_other_threads(tmp_path, monkeypatch):
             assert not spool._pid, "a small spool started a worker"
             spool.append(data[BS * 10:])
             assert spool._pid, "no worker process although the machine has two cores"
-            child = psutil_children()
-            assert any("zfile_worker" in " ".join(cmd) for cmd in child)
+            assert any("zfile_worker" in cmd for _, cmd in children_of(os.getpid()))
             spool.sync()
             stored = b"".join(os.pread(spool.fd, n, off) for off, n in spool.spans(0, spool.blocks))
         finally:
@@ -191,19 +191,3 @@ def test_spool_worker_death_is_an_error(tmp_path):
         with contextlib.suppress(OSError):
             spool.close()
 
-
-def psutil_children() -> list[list[str]]:
-    """Command lines of this process's children (from /proc)."""
-    out = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            if ppid == os.getpid():
-                with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    out.append(f.read().decode().split("\0"))
-        except (OSError, ValueError, IndexError):
-            continue
-    return out
