@@ -35,10 +35,17 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
                         help="kill one command after this many seconds (default 1800; 120 with --quick)")
 
 
-def apply_run_args(args: argparse.Namespace) -> int:
-    """Applies the shared options; returns the number of runs per case."""
+def start(args: argparse.Namespace) -> tuple[int, corpus.Corpus] | None:
+    """The shared start of a bench: logging, timeouts, a working ``overlaybd apply-layer`` and the
+    corpus. Returns (runs per case, corpus), or None (said why on stderr) when nothing can run."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     measure_mod.DEFAULT_TIMEOUT = args.timeout or (120.0 if args.quick else measure_mod.DEFAULT_TIMEOUT)
-    return 1 if args.quick else args.runs
+    try:
+        cases.check_apply_layer()
+    except MissingCommand as exc:
+        print(f"bench: {exc}; nothing to measure", file=sys.stderr)
+        return None
+    return (1 if args.quick else args.runs), corpus.build_corpus(args.cache_dir, quick=args.quick, big=args.big)
 
 
 def measure(rows: list[Row], case: str, layers, workdir: Path, algorithm: str, bs_kb: int, runs: int):
@@ -62,14 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--algorithm", choices=("lz4", "zstd"), default="lz4")
     parser.add_argument("--bs", type=int, default=4, help="block size in KiB")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    runs = apply_run_args(args)
-    try:
-        cases.check_apply_layer()
-    except MissingCommand as exc:
-        print(f"bench: {exc}; nothing to measure", file=sys.stderr)
+    started = start(args)
+    if started is None:
         return 3
-    data = corpus.build_corpus(args.cache_dir, quick=args.quick, big=args.big)
+    runs, data = started
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="bench-apply-", dir=args.workdir) as tmp:
         work = Path(tmp)

@@ -34,8 +34,8 @@ from pathlib import Path
 import cases
 import corpus
 import requests
-from apply import RSS_LIMIT_MB, add_run_args, apply_run_args, measure
-from measure import CommandFailed, MissingCommand, overlaybd_cli, require_subcommand, run_once, sample
+from apply import RSS_LIMIT_MB, add_run_args, measure, start
+from measure import CommandFailed, MissingCommand, overlaybd_cli, require_subcommand, sample, startup_seconds
 from registry import local_registry, push_layout
 from report import MB, Row, format_table
 
@@ -211,15 +211,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="extra argument for `overlaybd convert` (repeat; default: --plain-http)")
     parser.add_argument("--db-flag", default="--db-url", help="option of `overlaybd convert` taking the DB URL")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    runs = apply_run_args(args)
     convert_args = ["--plain-http"] if args.convert_arg is None else args.convert_arg
-    try:
-        cases.check_apply_layer()
-    except MissingCommand as exc:
-        print(f"bench: {exc}; nothing to measure", file=sys.stderr)
+    started = start(args)
+    if started is None:
         return 3
-    data = corpus.build_corpus(args.cache_dir, quick=args.quick, big=args.big)
+    runs, data = started
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="bench-convert-", dir=args.workdir) as tmp:
         work = Path(tmp)
@@ -232,8 +228,7 @@ def main(argv: list[str] | None = None) -> int:
                 _, b_blobs = cases.run_stack("b-debian", list(data.debian), work, algorithm="lz4", bs_kb=4, repeat=1)
             convert_section(rows, data, work, runs, args.quick, convert_args, args.db_flag, b_blobs)
     print(format_table(rows))
-    startup = run_once([*overlaybd_cli(), "--version"]).seconds
-    print(f"(interpreter + import start-up of `overlaybd`: {startup:.2f} s, included in every time; "
+    print(f"(interpreter + import start-up of `overlaybd`: {startup_seconds():.2f} s, included in every time; "
           f"MB = {MB:,} bytes; upstream lz4 4K out/tar = {cases.UPSTREAM_RATIO:.3f})")
     if args.quick:
         print("(--quick: tiny corpus, 1 run; the targets apply to the full corpus and are not checked)")
