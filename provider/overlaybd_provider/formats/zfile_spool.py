@@ -104,7 +104,6 @@ class CompressedSpool:
         self._inflight: collections.deque[tuple[int, int, int, int]] = collections.deque()
         self._open_off = 0  # job being filled in the ring (not sent yet)
         self._open_len = 0
-        self._open_first = 0
 
     def _new_job(self, nbytes: int) -> tuple[int, int]:
         """(first block, spool offset) of the next job of ``nbytes`` raw bytes."""
