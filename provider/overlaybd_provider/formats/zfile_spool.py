@@ -25,7 +25,7 @@ import select
 import subprocess
 import tempfile
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from itertools import accumulate, islice
 
 from overlaybd_provider.formats.zfile_codec import BatchCompressor
@@ -189,30 +189,44 @@ class CompressedSpool:
             self.lengths.extend(lengths)
             self._recorded += len(lengths)
 
-    def append(self, data: bytes | bytearray | memoryview) -> int:
-        """Queue whole raw blocks; returns the index of the first one."""
-        mv = memoryview(data).cast("B")
+    def _use_worker(self, nbytes: int) -> bool:
+        """Start the automatic worker once enough was appended; True when the ring is in use."""
         if self._auto and not self._pid:
-            self._appended += len(mv)
+            self._appended += nbytes
             if self._appended >= WORKER_AFTER_BYTES:
                 self._auto = False
                 self._start_worker()
-        if not self._pid:
-            first, base = self._new_job(len(mv))
-            stored, lengths = self.compressor.compress(mv)
-            _pwrite_all(self.fd, stored, base)
-            self._finish(first, base, lengths)
-            return first
-        first = self.blocks + -(-self._open_len // self.block_size)
-        for pos in range(0, len(mv), JOB_BYTES):
-            piece = mv[pos:pos + JOB_BYTES]
-            off = self._reserve(len(piece))
-            self._ring[off:off + len(piece)] = piece
+        return bool(self._pid)
+
+    def _compress_inline(self, data: bytes | bytearray | memoryview) -> int:
+        first, base = self._new_job(len(data))
+        stored, lengths = self.compressor.compress(data)
+        _pwrite_all(self.fd, stored, base)
+        self._finish(first, base, lengths)
+        return first
+
+    def _ring_pieces(self, total: int) -> Iterator[tuple[int, memoryview]]:
+        """``(position, ring view)`` for each piece of ``total`` bytes; the caller fills each view
+        before asking for the next, and a full job is sent to the worker as soon as it is filled."""
+        ring = memoryview(self._ring)
+        for pos in range(0, total, JOB_BYTES):
+            n = min(JOB_BYTES, total - pos)
+            off = self._reserve(n)
             if off != self._open_off + self._open_len:
                 raise AssertionError("ring reservation out of order")
-            self._open_len += len(piece)
+            yield pos, ring[off:off + n]
+            self._open_len += n
             if self._open_len >= JOB_BYTES:
                 self._send_open()
+
+    def append(self, data: bytes | bytearray | memoryview) -> int:
+        """Queue whole raw blocks; returns the index of the first one."""
+        mv = memoryview(data).cast("B")
+        if not self._use_worker(len(mv)):
+            return self._compress_inline(mv)
+        first = self.blocks + -(-self._open_len // self.block_size)
+        for pos, view in self._ring_pieces(len(mv)):
+            view[:] = mv[pos:pos + len(view)]
         return first
 
     def append_from(self, nbytes: int, fill: Callable[[memoryview], None]) -> int:
@@ -220,24 +234,16 @@ class CompressedSpool:
         ``fill(view)`` writes in place, piece by piece in order, straight into the shared ring:
         file data goes from the tar reader to the compressor without an intermediate buffer."""
         total = -(-nbytes // self.block_size) * self.block_size
-        if not self._pid:
+        if not self._use_worker(total):
             buf = bytearray(total)
             fill(memoryview(buf)[:nbytes])
-            return self.append(buf)
+            return self._compress_inline(buf)
         first = self.blocks + -(-self._open_len // self.block_size)
-        ring = memoryview(self._ring)
-        for pos in range(0, total, JOB_BYTES):
-            n = min(JOB_BYTES, total - pos)
-            off = self._reserve(n)
-            if off != self._open_off + self._open_len:
-                raise AssertionError("ring reservation out of order")
-            data = min(n, nbytes - pos)
-            fill(ring[off:off + data])
-            if data < n:
-                ring[off + data:off + n] = bytes(n - data)
-            self._open_len += n
-            if self._open_len >= JOB_BYTES:
-                self._send_open()
+        for pos, view in self._ring_pieces(total):
+            data = min(len(view), nbytes - pos)
+            fill(view[:data])
+            if data < len(view):
+                view[data:] = bytes(len(view) - data)
         return first
 
     @property
