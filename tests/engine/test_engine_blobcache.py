@@ -90,9 +90,9 @@ def test_upload_failure_fails_cleanly_then_rerun_finishes(registry, fault_proxy,
     dedup = open_dedup(mariadb_clean.url)
     work = tmp_path / "work"
     try:
-        # Every upload after the first layer's fails (not retryable): layer 1's push fails while
-        # layer 2 is being built on the main thread.
-        fault_proxy.inject("status", 1000, status=400, method="POST", path=r"/blobs/uploads/", skip=1)
+        # Every upload after the push-access probe's and the first layer's fails (not retryable):
+        # layer 1's push fails while layer 2 is being built on the main thread.
+        fault_proxy.inject("status", 1000, status=400, method="POST", path=r"/blobs/uploads/", skip=2)
         with pytest.raises(RegistryError, match="400"):
             _convert(registry, src, dst, dedup, tmp_path / "cache", work_dir=work)
         assert fault_proxy.faults[0].fired >= 1

@@ -26,8 +26,11 @@ def tar_layer(files: dict[str, bytes]) -> bytes:
 
 
 def write_image(layout_dir: Path, tag: str, layers: list[dict[str, bytes]], *, docker: bool = False,
-                arch: str = "amd64") -> Descriptor:
-    """Write an image of gzip layers into ``layout_dir`` (created), tagged ``tag``."""
+                arch: str = "amd64", claim_diff_ids: dict[int, str] | None = None) -> Descriptor:
+    """Write an image of gzip layers into ``layout_dir`` (created), tagged ``tag``.
+
+    ``claim_diff_ids`` makes the config lie: ``{layer index: diff_id}`` replaces the real
+    diff_id of those layers (a poisoning attempt)."""
     store = LayoutStore(layout_dir)
     layer_type = MediaType.DOCKER_LAYER_GZIP if docker else MediaType.OCI_LAYER_GZIP
     layer_descs, diff_ids = [], []
@@ -36,6 +39,8 @@ def write_image(layout_dir: Path, tag: str, layers: list[dict[str, bytes]], *, d
         digest = _put(store, layout_dir, blob)
         layer_descs.append({"mediaType": layer_type.value, "digest": digest, "size": len(blob)})
         diff_ids.append("sha256:" + hashlib.sha256(gzip.decompress(blob)).hexdigest())
+    for index, claimed in (claim_diff_ids or {}).items():
+        diff_ids[index] = claimed
     config = json.dumps({
         "architecture": arch, "os": "linux", "created": "2024-01-01T00:00:00Z",
         "config": {"Cmd": ["/bin/sh"]}, "rootfs": {"type": "layers", "diff_ids": diff_ids},

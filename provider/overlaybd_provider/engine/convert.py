@@ -35,10 +35,21 @@ _OURS = ("plan.json", "pushed.json", "recorded.json", "objects", "layers", ".loc
 
 @contextlib.contextmanager
 def _work_dir(options: ConvertOptions) -> Iterator[tuple[Path, bool]]:
-    """The explicit ``--work-dir`` (locked: one conversion at a time uses it) or a fresh temp dir."""
+    """The explicit ``--work-dir`` (locked: one conversion at a time uses it) or a fresh temp dir.
+
+    A temporary directory never outlives the conversion, failed or not (it can hold gigabytes and
+    nothing would ever reuse it); ``--reserve`` keeps it and says where. A named ``--work-dir``
+    is kept after a failure: the rerun resumes there."""
     if options.work_dir is None:
         root = Path(tempfile.mkdtemp(prefix="overlaybd-convert-"))
-        yield root, True
+        try:
+            yield root, True
+        except BaseException:
+            if options.reserve:
+                log.warning("work directory kept (--reserve): %s", root)
+            else:
+                shutil.rmtree(root, ignore_errors=True)
+            raise
         return
     root = Path(options.work_dir)
     root.mkdir(parents=True, exist_ok=True)
@@ -132,7 +143,9 @@ def convert_image(
             dst_ep = open_endpoint(dst, dst_registry)
             endpoints.callback(dst_ep.close)
             report = _run(ws, src, dst, options, src_ep, dst_ep, dedup, progress, started)
-        if not options.reserve:
+        if options.reserve:
+            log.info("work directory kept (--reserve): %s", root)
+        else:
             if temporary:
                 shutil.rmtree(root, ignore_errors=True)
             else:

@@ -9,6 +9,7 @@ a concurrent conversion has just re-recorded with a different digest.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -38,6 +39,41 @@ log = logging.getLogger(__name__)
 
 class DedupError(OverlaybdError):
     """A dedup database that cannot be opened or used."""
+
+    def __init__(self, message: str, *, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+# MySQL/MariaDB error numbers that a later attempt may not hit again: server gone or restarting,
+# lock wait timeout, deadlock, too many connections. Everything else (access denied, unknown
+# table...) needs a human.
+_TRANSIENT_MYSQL = frozenset({1040, 1053, 1205, 1213, 2002, 2003, 2006, 2013, 2055})
+
+
+def _driver_errors(conn: Any) -> tuple[type[BaseException], ...]:
+    """The DB-API ``Error`` classes of ``conn``'s driver (PyMySQL, mysqlclient, mysql.connector,
+    sqlite3): failures of those become one :class:`DedupError` line."""
+    import sys
+
+    errors: list[type[BaseException]] = [sqlite3.Error]
+    root = type(conn).__module__.split(".")[0]
+    for name in (root, "pymysql", "MySQLdb", "mysql.connector"):
+        module = sys.modules.get(name)
+        error = getattr(module, "Error", None) if module is not None else None
+        if isinstance(error, type) and issubclass(error, BaseException):
+            errors.append(error)
+    return tuple(dict.fromkeys(errors))
+
+
+def as_dedup_error(exc: BaseException, where: str) -> DedupError:
+    """One line for a driver exception, classified transient or not (MySQL error number)."""
+    args = getattr(exc, "args", ())
+    code = args[0] if args and isinstance(args[0], int) else getattr(exc, "errno", None)
+    text = str(args[1]) if len(args) > 1 and isinstance(args[0], int) else str(exc)
+    retryable = code in _TRANSIENT_MYSQL or (isinstance(exc, sqlite3.OperationalError) and "locked" in text)
+    number = f" ({code})" if isinstance(code, int) else ""
+    return DedupError(f"dedup database {where}: {text}{number}", retryable=retryable)
 
 
 @dataclass(frozen=True)
@@ -97,23 +133,49 @@ class SqlDedupStore:
         row and its format marker appear together or not at all, even if the process is killed.
         Returns the rows fetched by the last statement when ``fetch``."""
         with self._lock:
-            cur = self.conn.cursor()
-            rows: list[tuple] = []
             try:
-                for sql, params in statements:
-                    cur.execute(self.dialect.sql(sql) if "?" in sql else sql, params)
-                    rows = list(cur.fetchall()) if fetch else []
-            except Exception:
-                self.conn.rollback()
-                raise
-            finally:
-                cur.close()
-            self.conn.commit()
+                cur = self.conn.cursor()
+                rows: list[tuple] = []
+                try:
+                    for sql, params in statements:
+                        cur.execute(self.dialect.sql(sql) if "?" in sql else sql, params)
+                        rows = list(cur.fetchall()) if fetch else []
+                except Exception:
+                    with contextlib.suppress(Exception):
+                        self.conn.rollback()
+                    raise
+                finally:
+                    with contextlib.suppress(Exception):
+                        cur.close()
+                self.conn.commit()
+            except self._errors as exc:
+                raise as_dedup_error(exc, self._label) from None
             return rows
 
+    @property
+    def _errors(self) -> tuple[type[BaseException], ...]:
+        return _driver_errors(self.conn)
+
+    def existing_tables(self) -> set[str]:
+        """Tables of the current database (visible to this user)."""
+        return {str(r[0]).lower() for r in self._run(self.dialect.list_tables, fetch=True)}
+
     def create_tables(self) -> None:
+        """Create what is missing. Tables that exist are left alone, so a least-privilege user
+        (SELECT, INSERT, UPDATE, DELETE; docs/dedup.md) works once the schema was created."""
+        have = self.existing_tables()
         for statement in self.dialect.create:
-            self._run(statement)
+            table = q.table_of(statement)
+            if table is not None and table in have:
+                continue
+            try:
+                self._run(statement)
+            except DedupError as exc:
+                raise DedupError(
+                    f"{exc}; while creating the missing table {table or statement.split()[2]}: create the "
+                    "schema beforehand (docker/mysql-init/01-overlaybd.sql) or grant CREATE to this user",
+                    retryable=exc.retryable,
+                ) from None
 
     # layers ------------------------------------------------------------------
 
@@ -248,7 +310,8 @@ def _connect_mysql(params: MySqlParams) -> Any:
             database=params.database, unix_socket=params.unix_socket, charset="utf8mb4", autocommit=False,
         )
     except pymysql.MySQLError as exc:
-        raise DedupError(f"cannot connect to dedup database {params.describe()}: {exc}") from None
+        error = as_dedup_error(exc, params.describe())
+        raise DedupError(f"cannot connect to {error}", retryable=error.retryable) from None
 
 
 def default_sqlite_path() -> Path:

@@ -7,7 +7,9 @@ are ours: they mark which rows hold output of which converter format (docs/dedup
 
 from __future__ import annotations
 
-__all__ = ["MYSQL", "SQLITE", "Dialect"]
+import re
+
+__all__ = ["MYSQL", "SQLITE", "Dialect", "table_of"]
 
 _LAYERS = """CREATE TABLE IF NOT EXISTS overlaybd_layers (
   host varchar(255) NOT NULL, repo varchar(255) NOT NULL, chain_id varchar(255) NOT NULL,
@@ -32,11 +34,13 @@ _MANIFEST_FORMATS = """CREATE TABLE IF NOT EXISTS overlaybd_manifest_formats (
 class Dialect:
     """The few statements that differ between MySQL/MariaDB and SQLite."""
 
-    def __init__(self, name: str, placeholder: str, insert_ignore: str, create: tuple[str, ...]) -> None:
+    def __init__(self, name: str, placeholder: str, insert_ignore: str, create: tuple[str, ...],
+                 list_tables: str) -> None:
         self.name = name
         self.placeholder = placeholder
         self.insert_ignore = insert_ignore
         self.create = create
+        self.list_tables = list_tables
 
     def sql(self, text: str) -> str:
         """Statements are written with ``?``; MySQL drivers want ``%s``."""
@@ -61,6 +65,7 @@ MYSQL = Dialect(
         _LAYER_FORMATS.format(charset_close=")\n DEFAULT CHARSET=utf8"),
         _MANIFEST_FORMATS.format(charset_close=")\n DEFAULT CHARSET=utf8"),
     ),
+    "SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE()",
 )
 
 SQLITE = Dialect(
@@ -75,7 +80,17 @@ SQLITE = Dialect(
         _LAYER_FORMATS.format(charset_close=")"),
         _MANIFEST_FORMATS.format(charset_close=")"),
     ),
+    "SELECT name FROM sqlite_master WHERE type = 'table'",
 )
+
+_CREATE_TABLE = re.compile(r"CREATE TABLE IF NOT EXISTS `?(\w+)`?", re.IGNORECASE)
+
+
+def table_of(statement: str) -> str | None:
+    """The table a ``CREATE TABLE`` statement creates (lower case), None for other statements."""
+    m = _CREATE_TABLE.match(statement.strip())
+    return m.group(1).lower() if m else None
+
 
 # Lookups join upstream's row with our format marker: a row without a marker (written by
 # upstream or by an incompatible version of ours) is never reused.

@@ -84,6 +84,7 @@ def build_layer(ws: Workspace, image: ImagePlan, layer: LayerPlan, options: Conv
     """Apply the source tar on the lowers. ``raw``: write the sealed LSMT (``layer.lsmt``, then
     :func:`compress_layer`); otherwise write the finished blob directly (one pass)."""
     from overlaybd_provider.ext4.apply import apply_layer
+    from overlaybd_provider.ext4.errors import DiffIdMismatchError
     from overlaybd_provider.ext4.mkfs import MkfsOptions
 
     started = time.monotonic()
@@ -91,11 +92,16 @@ def build_layer(ws: Workspace, image: ImagePlan, layer: LayerPlan, options: Conv
     source = ws.source_blob(layer)
     out = ws.lsmt_path(layer) if raw else ws.blob_path(layer)
     mkfs = MkfsOptions(**options.fstype.mkfs_kwargs()) if options.fstype.mkfs_options else None
-    result = apply_layer(
-        lowers, source, out,
-        vsize_gb=options.vsize_gb, algorithm=options.algorithm, block_size_kb=options.block_size_kb,
-        raw=raw, uuid=layer.uuid, parent_uuid=layer.parent_uuid or None, mkfs_options=mkfs,
-    )  # writes a temporary name and renames it on success
+    try:
+        result = apply_layer(
+            lowers, source, out,
+            vsize_gb=options.vsize_gb, algorithm=options.algorithm, block_size_kb=options.block_size_kb,
+            raw=raw, uuid=layer.uuid, parent_uuid=layer.parent_uuid or None, mkfs_options=mkfs,
+            diff_id=layer.diff_id, source_digest=layer.source_digest,
+        )  # writes a temporary name and renames it on success
+    except DiffIdMismatchError as exc:
+        # The config lied about this layer (dedup poisoning, docs/dedup.md): nothing was written.
+        raise DiffIdMismatchError(f"[{image.label}] layer {layer.index}: {exc}") from None
     stats = LayerStats(bytes_in=source.stat().st_size, bytes_out=result.size, seconds=time.monotonic() - started)
     if not raw:
         ws.set_blob_info(layer, result.digest, result.size)

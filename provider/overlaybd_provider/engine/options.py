@@ -25,8 +25,12 @@ __all__ = [
 
 ALGORITHMS = ("lz4", "zstd")
 BLOCK_SIZES_KB = (4, 8, 16, 32, 64)
-# Version of our layer output format; bump when the bytes written for the same input change.
-CONVERTER_FORMAT = 1
+# Version of our layer output format; bump when the bytes written for the same input change, or
+# when rows written by earlier versions must no longer be trusted. History:
+#   1 - first release.
+#   2 - same bytes, but every layer row is written only after the layer's uncompressed content was
+#       checked against the config's diff_id; format-1 rows may be poisoned (docs/dedup.md).
+CONVERTER_FORMAT = 2
 # Mkfs options we implement, mapped to the ext4 writer's keyword (the ext4 profile is fixed
 # otherwise; upstream's other mke2fs switches would silently change nothing here).
 _MKFS_FLAGS = {"-N": "inodes_count", "-i": "inode_ratio", "-m": "reserved_percent"}

@@ -123,6 +123,8 @@ def resolve_dedup(plan: Plan, dst: Endpoint, dedup: DedupStore, oci: bool) -> No
 
 
 def _layer_lookup(layer: LayerPlan, dst: Endpoint, dedup: DedupStore, host: str, repo: str, fmt: str) -> None:
+    """A row is reused only when its blob is really there (HEAD) or mountable; rows whose blob is
+    gone are deleted (as upstream does), so a garbage-collected blob never sticks."""
     row = dedup.find_layer(host, repo, layer.chain_id, fmt)
     if row is not None:
         if dst.has_blob(row.digest):
@@ -135,6 +137,22 @@ def _layer_lookup(layer: LayerPlan, dst: Endpoint, dedup: DedupStore, host: str,
             dedup.record_layer(host, repo, layer.chain_id, row.digest, row.size, fmt)
             layer.action, layer.dedup, layer.digest, layer.size = "reuse", "mount", row.digest, row.size
             return
+        log.info("dedup row %s/%s for %s points at a blob that cannot be had: deleted", host, row.repo,
+                 layer.chain_id)
+        dedup.delete_layer(host, row.repo, layer.chain_id, row.digest)
+
+
+def _missing_blob(dst: Endpoint, data: bytes, from_repo: str | None) -> str | None:
+    """The first blob of manifest ``data`` that is neither in ``dst`` nor mountable from
+    ``from_repo``; None when every blob is there (a manifest row is only as good as its blobs)."""
+    manifest = mf.parse_manifest(data)
+    for blob in [manifest["config"], *(manifest["layers"] or [])]:
+        if dst.has_blob(blob["digest"]):
+            continue
+        if from_repo is not None and dst.mount_blob(blob["digest"], blob["size"], from_repo):
+            continue
+        return blob["digest"]
+    return None
 
 
 def _manifest_cache(
@@ -142,8 +160,15 @@ def _manifest_cache(
 ) -> dict | None:
     row = dedup.find_manifest(host, repo, image.source_digest, out_type, fmt)
     if row is not None:
-        if dst.has_manifest(row.digest):
+        try:
+            data = dst.get_manifest(row.digest)
+            missing = _missing_blob(dst, data, None)
+        except NotFoundError:
+            missing = row.digest
+        if missing is None:
             return {"digest": row.digest, "size": row.size, "repo": repo, "how": "same-repo"}
+        log.info("manifest cache row %s/%s@%s is stale (%s is missing): deleted, converting again",
+                 host, repo, row.digest, missing)
         dedup.delete_manifest(host, repo, image.source_digest, out_type, row.digest)
     for row in dedup.find_manifest_elsewhere(host, repo, image.source_digest, out_type, fmt):
         other = dst.sibling(row.repo)
@@ -155,12 +180,13 @@ def _manifest_cache(
             continue
         finally:
             other.close()
-        manifest = mf.parse_manifest(data)
-        blobs = [manifest["config"], *(manifest["layers"] or [])]
-        if not all(dst.has_blob(b["digest"]) or dst.mount_blob(b["digest"], b["size"], row.repo) for b in blobs):
+        missing = _missing_blob(dst, data, row.repo)
+        if missing is not None:
+            log.info("manifest cache row %s/%s@%s is stale (%s cannot be had): deleted", host, row.repo,
+                     row.digest, missing)
+            dedup.delete_manifest(host, row.repo, image.source_digest, out_type, row.digest)
             continue
         dst.push_manifest(data, out_type, None)
         dedup.record_manifest(host, repo, image.source_digest, out_type, row.digest, len(data), fmt)
         return {"digest": row.digest, "size": len(data), "repo": row.repo, "how": "cross-repo"}
     return None
-

@@ -99,6 +99,8 @@ def prepare(src: str, dst: str, ws: Workspace, options: ConvertOptions, src_ep: 
     """Plan + dedup decisions, saved to plan.json (shared by :func:`pull` and ``convert_image``)."""
     ws.root.mkdir(parents=True, exist_ok=True)
     plan = make_plan(src_ep, dst, options, ws)
+    if not options.no_upload:
+        dst_ep.check_push()  # an unreachable or refusing target fails before downloads and builds
     if dedup is not None and not options.no_upload and dst_ep.is_registry:
         resolve_dedup(plan, dst_ep, dedup, options.oci)
     for image in plan.images:

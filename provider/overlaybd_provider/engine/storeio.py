@@ -125,6 +125,10 @@ class Endpoint:
         finally:
             other.close()
 
+    def check_push(self) -> None:
+        """Fail now, before any heavy work, when the target refuses our pushes."""
+        self.store.check_push()
+
     def push_manifest(self, data: bytes, media_type: str, tag: str | None) -> None:
         self.store.push_manifest(data, media_type, tag)
 

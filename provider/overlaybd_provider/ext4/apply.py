@@ -22,8 +22,9 @@ from typing import BinaryIO
 
 from overlaybd_provider.ext4.blockdev import LowerStack, OverlayBlockDevice
 from overlaybd_provider.ext4.changeset import ApplyStats, apply_tar
-from overlaybd_provider.ext4.errors import Ext4Error
+from overlaybd_provider.ext4.errors import DiffIdMismatchError, Ext4Error
 from overlaybd_provider.ext4.fs import Filesystem
+from overlaybd_provider.ext4.layerdecode import content_digest
 from overlaybd_provider.ext4.layout import BLOCK_SIZE, SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE, Superblock
 from overlaybd_provider.ext4.mkfs import MkfsOptions, mkfs
 from overlaybd_provider.ext4.tarstream import ForwardReader, decompressed, open_tar_stream
@@ -84,10 +85,14 @@ def apply_to_stack(lower: LowerStack | None, tar: BinaryIO, out: BinaryIO, *, vs
                    raw: bool = False, algorithm: str = "lz4", block_size_kb: int = 4,
                    uuid: str | None = None, parent_uuid: str | None = None,
                    mkfs_options: MkfsOptions | str | None = None,
-                   spool_dir: str | None = None) -> StackApplyStats:
+                   spool_dir: str | None = None, diff_id: str | None = None,
+                   source_digest: str | None = None) -> StackApplyStats:
     """Apply ``tar`` over ``lower`` and write the layer to ``out`` (LSMT if ``raw``, else blob).
 
     ``out`` must be seekable and readable for blobs (the blob writer back-patches and hashes).
+    ``diff_id``: the sha256 the uncompressed tar must have (the image config's claim); checked
+    after the whole tar was read and before anything is sealed, so a lying source never yields a
+    layer. ``source_digest``: the verified digest of ``tar`` itself (saves hashing a plain tar).
     """
     from overlaybd_provider.formats.blob import LayerBlobWriter
     from overlaybd_provider.formats.lsmt_writer import LSMTWriter
@@ -115,13 +120,15 @@ def apply_to_stack(lower: LowerStack | None, tar: BinaryIO, out: BinaryIO, *, vs
             fs = mkfs(dev, opts)
         else:
             fs = Filesystem(dev)
-        stream, compression = decompressed(tar)
+        stream, compression = decompressed(tar, digest=diff_id is not None, plain_digest=source_digest)
         try:
             counter = ForwardReader(stream)
             tf = open_tar_stream(counter)
             stats = apply_tar(fs, tf)
             while counter.read(1 << 20):  # drain padding: counts the whole tar, checks gzip/zstd trailers
                 pass
+            if diff_id is not None and (got := content_digest(stream)) != diff_id:
+                raise DiffIdMismatchError(f"content {got} does not match the config's diff_id {diff_id}")
         finally:
             stream.close()  # stops a decoder process still running after an error
         if compressor is not None:
@@ -157,8 +164,10 @@ def apply_to_stack(lower: LowerStack | None, tar: BinaryIO, out: BinaryIO, *, vs
 def apply_layer(lowers: Sequence[str | os.PathLike[str]], tar_path_or_fileobj: str | os.PathLike[str] | BinaryIO,
                 out_path: str | os.PathLike[str], *, vsize_gb: int = 64, algorithm: str = "lz4",
                 block_size_kb: int = 4, raw: bool = False, uuid: str | None = None,
-                parent_uuid: str | None = None, mkfs_options: MkfsOptions | str | None = None) -> ApplyResult:
-    """Apply one layer tar over the lower blobs (bottom first) and write ``out_path``."""
+                parent_uuid: str | None = None, mkfs_options: MkfsOptions | str | None = None,
+                diff_id: str | None = None, source_digest: str | None = None) -> ApplyResult:
+    """Apply one layer tar over the lower blobs (bottom first) and write ``out_path``
+    (``diff_id``/``source_digest``: see :func:`apply_to_stack`)."""
     from overlaybd_provider.formats.blob import open_layer
     from overlaybd_provider.formats.stack import LayerStack
 
@@ -184,7 +193,8 @@ def apply_layer(lowers: Sequence[str | os.PathLike[str]], tar_path_or_fileobj: s
             with os.fdopen(fd, "w+b") as out:
                 res = apply_to_stack(stack, tar, out, vsize_gb=vsize_gb, raw=raw, algorithm=algorithm,
                                      block_size_kb=block_size_kb, uuid=uuid, parent_uuid=parent_uuid,
-                                     mkfs_options=mkfs_options, spool_dir=str(out_path.parent))
+                                     mkfs_options=mkfs_options, spool_dir=str(out_path.parent),
+                                     diff_id=diff_id, source_digest=source_digest)
                 out.flush()
         os.replace(tmp_name, out_path)
         tmp_name = None

@@ -27,3 +27,7 @@ class XattrError(Ext4Error):
 
 class LayerTarError(Ext4Error):
     """The layer tar (or its gzip/zstd wrapper) is truncated, corrupt or unsupported."""
+
+
+class DiffIdMismatchError(LayerTarError):
+    """The uncompressed layer is not what the image config's ``diff_id`` says (a lying source)."""

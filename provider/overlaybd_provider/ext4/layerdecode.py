@@ -8,12 +8,17 @@ pipe and read through another; on one core, for source files under 4 MiB, or wit
 ``OVERLAYBD_DECODE_WORKER=0``, in-process. gzip uses ISA-L (python-isal: ~3x zlib on inflate),
 zstd python-zstandard. Either way truncation, corruption and trailing garbage become one
 :class:`LayerTarError` line.
+
+With ``digest=True`` the decoder also hashes what it produces (the child does it on its own core
+and reports the digest with its verdict), so the caller can check the layer's content against
+the config's ``diff_id`` without a second pass over the data.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import io
 import os
 import stat
@@ -30,7 +35,7 @@ from overlaybd_provider.ext4.errors import LayerTarError
 from overlaybd_provider.malloc import keep_large_buffers
 from overlaybd_provider.workers import env_choice, module_process, spare_core
 
-__all__ = ["GZIP_MAGIC", "ZSTD_MAGIC", "decompressed"]
+__all__ = ["GZIP_MAGIC", "ZSTD_MAGIC", "content_digest", "decompressed"]
 
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -38,6 +43,16 @@ _CHUNK = 1 << 20
 _PIPE_BYTES = 1 << 20  # larger pipes: fewer wake-ups between the two processes
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 WORKER_MIN_BYTES = 4 << 20  # a smaller source file is decoded in-process: a fresh interpreter costs more
+_DIGEST_PREFIX = "content sha256:"  # the child's success line on stderr when asked to hash
+
+
+def content_digest(stream: BinaryIO) -> str:
+    """``sha256:…`` of everything ``stream`` (from :func:`decompressed` with ``digest=True``)
+    produced; only valid once it was read to the end."""
+    value = getattr(stream, "content_digest", None)
+    if not isinstance(value, str):
+        raise LayerTarError("layer stream was not hashed to its end (decompressed(..., digest=True))")
+    return value
 
 
 class _Decoder(io.RawIOBase):
@@ -45,12 +60,14 @@ class _Decoder(io.RawIOBase):
 
     kind = ""
 
-    def __init__(self, src: BinaryIO) -> None:
+    def __init__(self, src: BinaryIO, *, digest: bool = False) -> None:
         self._src = src
         self._d = self._new()
         self._buf = bytearray()
         self._pos = 0
         self._eof = False
+        self._hash = hashlib.sha256() if digest else None
+        self.content_digest: str | None = None
 
     def _new(self):  # pragma: no cover - overridden
         raise NotImplementedError
@@ -69,6 +86,8 @@ class _Decoder(io.RawIOBase):
                     if not self._d.eof:
                         raise LayerTarError(f"{self.kind} stream is truncated")
                     self._eof = True
+                    if self._hash is not None:
+                        self.content_digest = "sha256:" + self._hash.hexdigest()
                     break
                 out = self._d.decompress(raw)
                 while self._d.eof and self._d.unused_data:
@@ -80,6 +99,8 @@ class _Decoder(io.RawIOBase):
             if self._pos:
                 del self._buf[:self._pos]
                 self._pos = 0
+            if self._hash is not None:
+                self._hash.update(out)
             self._buf += out
 
     def read(self, size: int = -1) -> bytes:
@@ -146,6 +167,34 @@ class _Peek(io.RawIOBase):
         return len(data)
 
 
+class _Hashing(io.RawIOBase):
+    """A plain (uncompressed) layer read through unchanged, hashed on the way."""
+
+    def __init__(self, src: BinaryIO) -> None:
+        self._src = src
+        self._hash = hashlib.sha256()
+        self.content_digest: str | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def _seen(self, data: bytes | memoryview) -> None:
+        if data:
+            self._hash.update(data)
+        elif self.content_digest is None:
+            self.content_digest = "sha256:" + self._hash.hexdigest()
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._src.read(size)
+        self._seen(data)
+        return data
+
+    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
+        n = self._src.readinto(b) or 0
+        self._seen(memoryview(b)[:n])
+        return n
+
+
 def _grow_pipe(fd: int) -> None:
     with contextlib.suppress(OSError):
         fcntl.fcntl(fd, _F_SETPIPE_SZ, _PIPE_BYTES)
@@ -156,9 +205,11 @@ class _ProcessDecoder(io.RawIOBase):
     and pipe writes release the GIL), the caller reads the output pipe. The child's one-line
     verdict (stderr, exit status) becomes a :class:`LayerTarError` at the end of the stream."""
 
-    def __init__(self, src: BinaryIO, kind: str) -> None:
+    def __init__(self, src: BinaryIO, kind: str, *, digest: bool = False) -> None:
         self.kind = kind
-        self._proc = module_process(__name__, [kind], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        self.content_digest: str | None = None
+        args = [kind, "--digest"] if digest else [kind]
+        self._proc = module_process(__name__, args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE)
         assert self._proc.stdin is not None and self._proc.stdout is not None
         _grow_pipe(self._proc.stdin.fileno())
@@ -197,9 +248,11 @@ class _ProcessDecoder(io.RawIOBase):
         status = self._proc.wait()
         if self._feed_error is not None:
             raise self._feed_error
+        lines = message.splitlines()
         if status:
-            lines = message.splitlines()
             raise LayerTarError(lines[-1] if lines else f"{self.kind} decoder exited with status {status}")
+        if lines and lines[-1].startswith(_DIGEST_PREFIX):
+            self.content_digest = "sha256:" + lines[-1][len(_DIGEST_PREFIX):]
 
     def read(self, size: int = -1) -> bytes:
         data = self._out.read() if size is None or size < 0 else self._out.read(size)
@@ -239,26 +292,35 @@ def _use_worker(src: BinaryIO) -> bool:
     return not (stat.S_ISREG(st.st_mode) and st.st_size < WORKER_MIN_BYTES)
 
 
-def decompressed(src: BinaryIO, *, worker: bool | None = None) -> tuple[BinaryIO, str]:
+def decompressed(src: BinaryIO, *, worker: bool | None = None, digest: bool = False,
+                 plain_digest: str | None = None) -> tuple[BinaryIO, str]:
     """The uncompressed tar stream of ``src`` and the detected compression (``none``, ``gzip``
-    or ``zstd``). ``worker``: decode in a child process (default: on multi-core POSIX)."""
+    or ``zstd``). ``worker``: decode in a child process (default: on multi-core POSIX).
+
+    ``digest``: hash the uncompressed bytes (read the result with :func:`content_digest` at the
+    end). ``plain_digest``: the caller's verified digest of ``src`` itself, which *is* the
+    content digest when ``src`` turns out to be uncompressed (no second hash of the data)."""
     head = src.read(4)
     stream: BinaryIO = _Peek(head, src)  # type: ignore[assignment]
     kind = "gzip" if head[:2] == GZIP_MAGIC else "zstd" if head == ZSTD_MAGIC else "none"
     if kind == "none":
+        if digest and plain_digest:
+            stream.content_digest = plain_digest  # type: ignore[attr-defined]
+        elif digest:
+            stream = _Hashing(stream)  # type: ignore[assignment]
         return stream, kind
     if worker if worker is not None else _use_worker(src):
-        return _ProcessDecoder(stream, kind), kind  # type: ignore[return-value]
-    return _DECODERS[kind](stream), kind  # type: ignore[return-value]
+        return _ProcessDecoder(stream, kind, digest=digest), kind  # type: ignore[return-value]
+    return _DECODERS[kind](stream, digest=digest), kind  # type: ignore[return-value]
 
 
 def _main(argv: list[str]) -> int:
     """Child side: decode stdin to stdout; one line on stderr and status 1 on bad input."""
-    if len(argv) != 1 or argv[0] not in _DECODERS:
-        print(f"usage: python -m {__name__} gzip|zstd", file=sys.stderr)
+    if not 1 <= len(argv) <= 2 or argv[0] not in _DECODERS or argv[1:] not in ([], ["--digest"]):
+        print(f"usage: python -m {__name__} gzip|zstd [--digest]", file=sys.stderr)
         return 2
     keep_large_buffers()
-    decoder = _DECODERS[argv[0]](io.FileIO(0, closefd=False))  # type: ignore[arg-type]
+    decoder = _DECODERS[argv[0]](io.FileIO(0, closefd=False), digest=len(argv) == 2)  # type: ignore[arg-type]
     try:
         while data := decoder.read(_CHUNK):
             view = memoryview(data)
@@ -269,6 +331,8 @@ def _main(argv: list[str]) -> int:
         return 1
     except BrokenPipeError:
         return 0  # the reader stopped early (it failed or was cancelled)
+    if decoder.content_digest:
+        print(_DIGEST_PREFIX + decoder.content_digest[len("sha256:"):], file=sys.stderr)
     return 0
 
 

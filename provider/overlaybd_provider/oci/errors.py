@@ -95,6 +95,8 @@ class RegistryUnavailableError(RegistryError):
     """A transient failure (5xx, 429, connection reset, timeout). Raised once retries are exhausted
     (the message says how many attempts and seconds); ``retry_after`` carries the server's hint."""
 
+    retryable = True
+
     def __init__(self, message: str, *, retry_after: float | None = None, **kwargs):
         super().__init__(message, **kwargs)
         self.retry_after = retry_after

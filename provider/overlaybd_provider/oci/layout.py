@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -81,6 +82,15 @@ class LayoutStore:
         (self.path / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
         with atomic_output(self.path / LAYOUT_FILE) as f:  # idempotent: racing creators write the same
             f.write(json.dumps({"imageLayoutVersion": LAYOUT_VERSION}, separators=(",", ":")).encode())
+
+    def check_push(self) -> None:
+        """Raise unless the layout can be written here (created when missing)."""
+        try:
+            self._ensure_layout()
+            with tempfile.NamedTemporaryFile(dir=self.path / "blobs" / "sha256", prefix=".probe."):
+                pass
+        except OSError as exc:
+            raise LayoutError(f"{self.path}: cannot write the OCI layout: {exc.strerror or exc}") from None
 
     def read_index(self) -> dict[str, Any]:
         self._check_layout()

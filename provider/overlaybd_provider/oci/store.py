@@ -47,6 +47,8 @@ class ImageStore(Protocol):
 
     def mount_blob(self, digest: str, size: int, from_store: ImageStore) -> bool: ...
 
+    def check_push(self) -> None: ...
+
     def push_manifest(self, data: bytes, media_type: str, tag: str | None = None) -> Descriptor: ...
 
     def tag(self, digest: str, tag: str) -> Descriptor: ...
@@ -79,6 +81,10 @@ class RemoteStore:
     def ping(self) -> None:
         """Check that the registry answers and accepts the credentials."""
         self.client.ping()
+
+    def check_push(self) -> None:
+        """Raise unless this repository accepts our pushes (auth, reachability)."""
+        self.client.check_push(self.repository)
 
     def resolve(self, reference: str | None = None) -> Descriptor:
         reference = reference or self.default_reference

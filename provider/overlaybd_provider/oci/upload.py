@@ -130,6 +130,16 @@ class BlobUploads:
             self._cancel(endpoint, repository, self._location(endpoint, r))
         return False
 
+    def check_push(self, repository: str) -> None:
+        """Raise unless we may push to ``repository``: open an upload session and cancel it (what
+        ``crane``'s CheckPushPermission does). Costs two requests; saves building a whole image
+        only to be refused at the end."""
+        endpoint = self._endpoints("push")[0]
+        with self.limiter.slot():
+            r = self._start_upload(endpoint, repository)
+            r.close()
+            self._cancel(endpoint, repository, self._location(endpoint, r))
+
     def _cancel(self, endpoint: Endpoint, repository: str, location: str) -> None:
         try:
             self._send(endpoint, "DELETE", location, scopes=[repository_scope(repository, "pull", "push")],
