@@ -7,11 +7,11 @@ import os
 from pathlib import Path
 
 import pytest
-from overlaybd_provider.engine.blobcache import BlobCache
 from overlaybd_provider.engine.convert import convert_image
 from overlaybd_provider.engine.dedup import open_dedup
 from overlaybd_provider.engine.options import ConvertOptions
-from overlaybd_provider.engine.workspace import file_digest
+from overlaybd_provider.engine.transfer.blobcache import BlobCache
+from overlaybd_provider.engine.transfer.workspace import file_digest
 from overlaybd_provider.oci.errors import NotFoundError, RegistryError
 from overlaybd_provider.oci.store import open_store
 from test_engine_convert import BASE, MID, TOP_A, TOP_B, judge, make_source, manifest_of

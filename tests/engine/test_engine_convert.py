@@ -311,8 +311,8 @@ def test_stage_order_and_layout_target(registry, registry_repo, tmp_path):
 def test_compress_stage_finishes_a_raw_lsmt_left_by_an_earlier_build(registry, registry_repo, tmp_path):
     """Staging areas written by the earlier build stage (raw ``layer.lsmt``, compressed later)
     still complete, with the same blobs, at 4 KiB and at a larger block size."""
-    from overlaybd_provider.engine import layerops
-    from overlaybd_provider.engine.workspace import Workspace
+    from overlaybd_provider.engine.transfer import layerops
+    from overlaybd_provider.engine.transfer.workspace import Workspace
 
     src = make_source(tmp_path, registry, f"{registry_repo}/src", [BASE, TOP_A])
     for bs in (4, 16):

@@ -6,11 +6,11 @@ import hashlib
 import json
 
 import pytest
-from overlaybd_provider.engine import gotypes
-from overlaybd_provider.engine import manifests as mf
-from overlaybd_provider.engine.chain import chain_ids, uuid_from_chain_id
-from overlaybd_provider.engine.jsonenc import GoStruct, go_marshal
+from overlaybd_provider.engine.documents import gotypes
+from overlaybd_provider.engine.documents import manifests as mf
+from overlaybd_provider.engine.documents.jsonenc import GoStruct, go_marshal
 from overlaybd_provider.engine.options import ConvertOptions, OptionsError, parse_fstype, parse_platforms
+from overlaybd_provider.engine.plan.chain import chain_ids, uuid_from_chain_id
 
 HW_LAYER = "sha256:022231c3f1af70e0cc42f0c3781eabf174cff608210585bf93fc83e16d33672d"
 

@@ -18,13 +18,14 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-from overlaybd_provider.engine import layerops, publish
 from overlaybd_provider.engine.dedup import DedupStore
 from overlaybd_provider.engine.options import ConvertOptions
+from overlaybd_provider.engine.plan.model import ImagePlan, Plan
 from overlaybd_provider.engine.report import ConvertReport, Progress, add_stats, build_report, emit
 from overlaybd_provider.engine.stages import DOWNLOADS_PER_IMAGE, prepare, publish_all, start_downloads
-from overlaybd_provider.engine.storeio import Endpoint, open_endpoint
-from overlaybd_provider.engine.workspace import ImagePlan, Plan, Workspace
+from overlaybd_provider.engine.transfer import layerops, publish
+from overlaybd_provider.engine.transfer.endpoint import Endpoint, open_endpoint
+from overlaybd_provider.engine.transfer.workspace import Workspace
 from overlaybd_provider.oci.options import RegistryOptions
 
 __all__ = ["convert_image"]

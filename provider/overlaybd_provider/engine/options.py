@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from overlaybd_provider.errors import OverlaybdError
 
 if TYPE_CHECKING:
-    from overlaybd_provider.engine.blobcache import BlobCache
+    from overlaybd_provider.engine.transfer.blobcache import BlobCache
 
 __all__ = [
     "ALGORITHMS",
@@ -145,7 +145,7 @@ class ConvertOptions:
 
     def blob_cache_store(self) -> BlobCache | None:
         """The :class:`~.blobcache.BlobCache` these options select, or None when disabled."""
-        from overlaybd_provider.engine.blobcache import BlobCache, default_cache_dir
+        from overlaybd_provider.engine.transfer.blobcache import BlobCache, default_cache_dir
 
         if self.blob_cache_max_bytes <= 0:
             return None

@@ -8,7 +8,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from overlaybd_provider.engine.workspace import ImagePlan, LayerPlan, Plan, Workspace
+from overlaybd_provider.engine.plan.model import ImagePlan, LayerPlan, Plan
+from overlaybd_provider.engine.transfer.workspace import Workspace
 
 __all__ = ["ConvertReport", "LayerReport", "ManifestReport", "Progress", "build_report", "emit"]
 

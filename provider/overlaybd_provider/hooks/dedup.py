@@ -151,7 +151,7 @@ class OverlaybdDedupHook(BaseHook):
 
 def mysql_init_sql() -> str:
     """Every table of the dedup database as one MySQL script (docker/mysql-init/01-overlaybd.sql)."""
-    from overlaybd_provider.engine.dedup_sql import MYSQL
+    from overlaybd_provider.engine.dedup.sql import MYSQL
     from overlaybd_provider.hooks.conversion_log import create_table_sql
 
     statements = [*MYSQL.create, create_table_sql("mysql")]

@@ -23,7 +23,7 @@ REUSED = ("hit", "mount", "local", "cache")
 def plan_layers(staging_dir: Any) -> list[dict[str, Any]]:
     """Every planned layer with its source size, from the staging plan; the layers of manifests
     served by the manifest cache (which the report leaves out) are marked ``cached``."""
-    from overlaybd_provider.engine.workspace import Workspace
+    from overlaybd_provider.engine.transfer.workspace import Workspace
 
     plan = Workspace(staging_dir).load_plan()
     return [

@@ -13,11 +13,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from overlaybd_provider.engine.blobcache import BlobCache
 from overlaybd_provider.engine.errors import EngineError
 from overlaybd_provider.engine.options import ConvertOptions
-from overlaybd_provider.engine.storeio import Endpoint
-from overlaybd_provider.engine.workspace import ImagePlan, LayerPlan, Workspace
+from overlaybd_provider.engine.plan.model import ImagePlan, LayerPlan
+from overlaybd_provider.engine.transfer.blobcache import BlobCache
+from overlaybd_provider.engine.transfer.endpoint import Endpoint
+from overlaybd_provider.engine.transfer.workspace import Workspace
 
 __all__ = ["LayerStats", "build_layer", "compress_layer", "fetch_reused", "fetch_source", "lower_files"]
 

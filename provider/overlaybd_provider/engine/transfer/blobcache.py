@@ -84,7 +84,7 @@ class BlobCache:
             return False
         ok = info.get("digest") == digest and st.st_size == size and info.get("stat") == _fingerprint(st)
         if ok and verify:
-            from overlaybd_provider.engine.workspace import file_digest
+            from overlaybd_provider.engine.transfer.workspace import file_digest
 
             ok = file_digest(blob) == (digest, size)
         if not ok:

@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from overlaybd_provider.engine.jsonenc import EmptyStruct, GoBytes, GoStruct
+from overlaybd_provider.engine.documents.jsonenc import EmptyStruct, GoBytes, GoStruct
 from overlaybd_provider.errors import OverlaybdError
 
 __all__ = [

@@ -7,91 +7,19 @@ process leaves either the previous state or the new one, never a half-written fi
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import json
 import os
 import tempfile
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from overlaybd_provider.engine.errors import StageError
+from overlaybd_provider.engine.plan.model import LayerPlan, Plan
 
-__all__ = ["ImagePlan", "LayerPlan", "Plan", "Workspace", "file_digest"]
-
-PLAN_VERSION = 1
-
-
-@dataclass
-class LayerPlan:
-    """One layer of one image: its source, chain identity and what to do with it."""
-
-    index: int
-    source_digest: str
-    source_size: int
-    source_media_type: str
-    diff_id: str
-    chain_id: str
-    uuid: str
-    parent_uuid: str
-    action: str = "build"  # build | reuse
-    dedup: str = "miss"  # miss | hit | mount | local (reused from this staging dir)
-    digest: str | None = None  # converted blob, once known
-    size: int | None = None
-
-    @property
-    def key(self) -> str:
-        return self.chain_id.split(":", 1)[1]
-
-
-@dataclass
-class ImagePlan:
-    """One manifest to convert (the source itself, or one child of its index)."""
-
-    platform: str
-    child: int | None
-    source_digest: str
-    source_media_type: str
-    source_size: int
-    config_digest: str
-    layers: list[LayerPlan] = field(default_factory=list)
-    cached: dict[str, Any] | None = None  # manifest cache hit: {"digest", "size", "repo"}
-
-    @property
-    def label(self) -> str:
-        return self.platform or self.source_digest[7:19]
-
-
-@dataclass
-class Plan:
-    source: str
-    target: str
-    source_digest: str
-    source_media_type: str
-    source_size: int
-    is_index: bool
-    options: dict[str, Any]
-    layer_format: str
-    manifest_format: str
-    images: list[ImagePlan] = field(default_factory=list)
-    version: int = PLAN_VERSION
-
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_json(cls, doc: dict[str, Any]) -> Plan:
-        if doc.get("version") != PLAN_VERSION:
-            raise StageError(f"plan.json version {doc.get('version')!r} is not {PLAN_VERSION}")
-        images = []
-        for img in doc["images"]:
-            layers = [LayerPlan(**layer) for layer in img["layers"]]
-            images.append(ImagePlan(**{**img, "layers": layers}))
-        return cls(**{**doc, "images": images})
-
+__all__ = ["Workspace", "file_digest"]
 
 def file_digest(path: Path) -> tuple[str, int]:
     h = hashlib.sha256()

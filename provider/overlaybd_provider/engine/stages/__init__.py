@@ -14,15 +14,16 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from overlaybd_provider.engine import layerops, publish
-from overlaybd_provider.engine.blobcache import BlobCache
 from overlaybd_provider.engine.dedup import DedupStore
 from overlaybd_provider.engine.errors import StageError
 from overlaybd_provider.engine.options import ConvertOptions, parse_fstype
-from overlaybd_provider.engine.planner import make_plan, resolve_dedup
+from overlaybd_provider.engine.plan.model import ImagePlan, Plan
+from overlaybd_provider.engine.plan.planner import make_plan, resolve_dedup
 from overlaybd_provider.engine.report import Progress, add_stats, build_report, emit
-from overlaybd_provider.engine.storeio import Endpoint, open_endpoint
-from overlaybd_provider.engine.workspace import ImagePlan, Plan, Workspace
+from overlaybd_provider.engine.transfer import layerops, publish
+from overlaybd_provider.engine.transfer.blobcache import BlobCache
+from overlaybd_provider.engine.transfer.endpoint import Endpoint, open_endpoint
+from overlaybd_provider.engine.transfer.workspace import Workspace
 from overlaybd_provider.oci.options import RegistryOptions
 
 __all__ = ["build", "cleanup", "compress", "download_inputs", "options_from_plan", "pull", "push", "record", "report",

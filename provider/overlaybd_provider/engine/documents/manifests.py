@@ -9,8 +9,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from overlaybd_provider.engine import gotypes
-from overlaybd_provider.engine.jsonenc import go_marshal
+from overlaybd_provider.engine.documents import gotypes
+from overlaybd_provider.engine.documents.jsonenc import go_marshal
 
 __all__ = [
     "ARTIFACT_TYPE",

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from overlaybd_provider.engine import dedup_sql as q
+from overlaybd_provider.engine.dedup import sql as q
 from overlaybd_provider.errors import OverlaybdError
 
 __all__ = [

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import logging
 
-from overlaybd_provider.engine import manifests as mf
-from overlaybd_provider.engine.chain import chain_ids, uuid_from_chain_id
 from overlaybd_provider.engine.dedup import DedupStore
+from overlaybd_provider.engine.documents import manifests as mf
 from overlaybd_provider.engine.errors import EngineError
 from overlaybd_provider.engine.options import ConvertOptions
-from overlaybd_provider.engine.storeio import Endpoint
-from overlaybd_provider.engine.workspace import ImagePlan, LayerPlan, Plan, Workspace
+from overlaybd_provider.engine.plan.chain import chain_ids, uuid_from_chain_id
+from overlaybd_provider.engine.plan.model import ImagePlan, LayerPlan, Plan
+from overlaybd_provider.engine.transfer.endpoint import Endpoint
+from overlaybd_provider.engine.transfer.workspace import Workspace
 from overlaybd_provider.oci.errors import NotFoundError
 
 __all__ = ["make_plan", "resolve_dedup"]

@@ -9,11 +9,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from overlaybd_provider.engine import manifests as mf
 from overlaybd_provider.engine.dedup import DedupStore
+from overlaybd_provider.engine.documents import manifests as mf
 from overlaybd_provider.engine.errors import StageError
-from overlaybd_provider.engine.storeio import Endpoint
-from overlaybd_provider.engine.workspace import ImagePlan, LayerPlan, Plan, Workspace
+from overlaybd_provider.engine.plan.model import ImagePlan, LayerPlan, Plan
+from overlaybd_provider.engine.transfer.endpoint import Endpoint
+from overlaybd_provider.engine.transfer.workspace import Workspace
 
 __all__ = [
     "Built",

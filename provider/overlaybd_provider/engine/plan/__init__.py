@@ -1,0 +1,1 @@
+"""Planning: which manifests and layers a conversion has, their chain ids, what dedup reuses."""
