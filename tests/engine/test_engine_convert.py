@@ -14,10 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
-from overlaybd_provider.engine import stages
 from overlaybd_provider.engine.convert import convert_image
 from overlaybd_provider.engine.dedup import open_dedup
-from overlaybd_provider.engine.errors import StageError
 from overlaybd_provider.engine.options import ConvertOptions
 from overlaybd_provider.oci.store import open_store
 from support.fsjudge import assert_e2fsck_clean, export_stack
@@ -259,78 +257,6 @@ def test_cli_output_json_and_sqlite_default(registry, registry_repo, tmp_path):
     bad = subprocess.run([*overlaybd_cli(), "convert", src, dst, "--plain-http", "--fstype", "xfs"], env=env,
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "overlaybd: error: --fstype 'xfs' is not supported" in bad.stderr
-
-
-def test_stages_match_convert_image(registry, registry_repo, tmp_path, maria):
-    src = make_source(tmp_path, registry, f"{registry_repo}/src", [BASE, MID, TOP_A])
-    direct = convert(registry, src, registry.ref(f"{registry_repo}/direct", "v1"), None)
-    staging = tmp_path / "staging"
-    dst = registry.ref(f"{registry_repo}/staged", "v1")
-    pulled = stages.pull(src, dst, staging, options=ConvertOptions(), src_registry=registry.options(),
-                         dst_registry=registry.options(), dedup=maria)
-    assert pulled["layers_to_build"] == 3 and pulled["platforms"] == ["linux/amd64"]
-    json.dumps(pulled)
-    built = stages.build(staging)
-    assert [b["path"] for b in built["built"]] == [f"layers/{c[7:]}/overlaybd.commit" for c in
-                                                   (layer["chain_id"] for layer in direct["manifests"][0]["layers"])]
-    assert not list(staging.glob("layers/*/layer.lsmt"))  # blobs written directly, no raw LSMT
-    assert stages.build(staging)["built"] == []  # idempotent
-    comp = stages.compress(staging)
-    assert [c["digest"] for c in comp["layers"]] == [layer["digest"] for layer in direct["manifests"][0]["layers"]]
-    assert comp["skipped"] == 3  # nothing left to compress
-    pushed = stages.push(staging, dst_registry=registry.options())
-    assert pushed["digest"] == direct["target"]["digest"]
-    assert stages.push(staging, dst_registry=registry.options())["blobs_pushed"] == 0
-    rec = stages.record(staging, dedup=maria)
-    assert rec == {"layers_recorded": 3, "manifests_recorded": 1}
-    rep = stages.report(staging)
-    assert rep["target"]["digest"] == direct["target"]["digest"]
-    assert stages.cleanup(staging) == {"removed": True}
-
-
-def test_stage_order_and_layout_target(registry, registry_repo, tmp_path):
-    src = make_source(tmp_path, registry, f"{registry_repo}/src", [BASE, TOP_A])
-    staging = tmp_path / "st"
-    with pytest.raises(StageError, match="run the pull stage first"):
-        stages.build(staging)
-    dst = f"oci:{tmp_path / 'out'}:conv"
-    stages.pull(src, dst, staging, src_registry=registry.options())
-    with pytest.raises(StageError, match="run build"):
-        stages.compress(staging)
-    stages.build(staging)
-    with pytest.raises(StageError, match="run push first"):
-        stages.record(staging, dedup=None)
-    stages.compress(staging)
-    pushed = stages.push(staging)
-    direct = convert(registry, src, registry.ref(f"{registry_repo}/direct", "v1"), None)
-    assert pushed["digest"] == direct["target"]["digest"]
-    index = json.loads((tmp_path / "out" / "index.json").read_text())
-    assert [m["digest"] for m in index["manifests"]] == [pushed["digest"]]
-
-
-def test_compress_stage_finishes_a_raw_lsmt_left_by_an_earlier_build(registry, registry_repo, tmp_path):
-    """Staging areas written by the earlier build stage (raw ``layer.lsmt``, compressed later)
-    still complete, with the same blobs, at 4 KiB and at a larger block size."""
-    from overlaybd_provider.engine.transfer import layerops
-    from overlaybd_provider.engine.transfer.workspace import Workspace
-
-    src = make_source(tmp_path, registry, f"{registry_repo}/src", [BASE, TOP_A])
-    for bs in (4, 16):
-        options = ConvertOptions(block_size_kb=bs)
-        direct = convert_image(src, registry.ref(f"{registry_repo}/direct{bs}", "v1"), options,
-                               src_registry=registry.options(), dst_registry=registry.options()).to_json()
-        staging = tmp_path / f"raw{bs}"
-        stages.pull(src, f"oci:{tmp_path / f'out{bs}'}:v1", staging, options=options,
-                    src_registry=registry.options())
-        ws = Workspace(staging)
-        image = ws.load_plan().images[0]
-        for layer in image.layers:
-            layerops.build_layer(ws, image, layer, stages.options_from_plan(ws.load_plan()), raw=True)
-        assert len(list(staging.glob("layers/*/layer.lsmt"))) == 2
-        assert stages.build(staging)["built"] == []
-        comp = stages.compress(staging)
-        assert comp["skipped"] == 0
-        assert [c["digest"] for c in comp["layers"]] == [la["digest"] for la in direct["manifests"][0]["layers"]]
 
 
 def _cli(src: str, dst: str, db_url: str, *extra: str) -> list[str]:

@@ -9,7 +9,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from overlaybd_provider.engine.plan.model import ImagePlan, LayerPlan, Plan
-from overlaybd_provider.engine.transfer.workspace import Workspace
 
 __all__ = ["ConvertReport", "LayerReport", "ManifestReport", "Progress", "build_report", "emit"]
 
@@ -30,6 +29,7 @@ class LayerReport:
     bytes_in: int = 0
     bytes_out: int = 0
     seconds: float = 0.0
+    cost: float = 0.0  # recorded build seconds of a reused layer
 
 
 @dataclass
@@ -40,6 +40,7 @@ class ManifestReport:
     size: int | None
     cached: bool
     layers: list[LayerReport] = field(default_factory=list)
+    cost: float = 0.0  # manifest-cache hit: recorded build seconds of all its layers
 
 
 @dataclass
@@ -62,34 +63,17 @@ class ConvertReport:
         return json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n"
 
 
-def read_stats(ws: Workspace, layer: LayerPlan) -> dict[str, Any]:
-    try:
-        return ws.read_json(ws.layer_dir(layer) / "stats.json")
-    except (FileNotFoundError, ValueError):
-        return {}
-
-
-def add_stats(ws: Workspace, layer: LayerPlan, **delta: float) -> None:
-    with ws.layer_lock(layer):
-        stats = read_stats(ws, layer)
-        for key, value in delta.items():
-            stats[key] = stats.get(key, 0) + value
-        ws.write_json(ws.layer_dir(layer) / "stats.json", stats)
-
-
-def _layer_report(ws: Workspace, layer: LayerPlan) -> LayerReport:
-    stats = read_stats(ws, layer)
-    info = ws.blob_info(layer)
-    digest = layer.digest or (info or {}).get("digest")
-    size = layer.size if layer.size is not None else (info or {}).get("size")
+def _layer_report(layer: LayerPlan) -> LayerReport:
     return LayerReport(
-        index=layer.index, chain_id=layer.chain_id, source_digest=layer.source_digest, digest=digest,
-        size=size, dedup=layer.dedup, bytes_in=int(stats.get("bytes_in", 0)),
-        bytes_out=int(stats.get("bytes_out", 0)), seconds=round(float(stats.get("seconds", 0.0)), 3),
+        index=layer.index, chain_id=layer.chain_id, source_digest=layer.source_digest, digest=layer.digest,
+        size=layer.size, dedup=layer.dedup, bytes_in=layer.bytes_in, bytes_out=layer.bytes_out,
+        seconds=round(layer.seconds, 3), cost=layer.cost,
     )
 
 
-def build_report(ws: Workspace, plan: Plan, pushed: dict[str, Any] | None, seconds: float = 0.0) -> ConvertReport:
+def build_report(plan: Plan, pushed: dict[str, Any] | None, seconds: float = 0.0) -> ConvertReport:
+    """The report of a conversion from its plan (digests, dedup outcomes, build statistics and
+    recorded costs live in the layer plans) and what was pushed."""
     pushed = pushed or {}
     by_source = {m["source_digest"]: m for m in pushed.get("manifests", [])}
     manifests = []
@@ -99,7 +83,8 @@ def build_report(ws: Workspace, plan: Plan, pushed: dict[str, Any] | None, secon
             ManifestReport(
                 platform=image.platform, source_digest=image.source_digest, digest=done.get("digest"),
                 size=done.get("size"), cached=bool(image.cached),
-                layers=[] if image.cached else [_layer_report(ws, layer) for layer in image.layers],
+                layers=[] if image.cached else [_layer_report(layer) for layer in image.layers],
+                cost=round(sum(layer.cost for layer in image.layers), 3) if image.cached else 0.0,
             )
         )
     return ConvertReport(

@@ -30,6 +30,17 @@ _MANIFEST_FORMATS = """CREATE TABLE IF NOT EXISTS overlaybd_manifest_formats (
   mediatype varchar(100) NOT NULL, out_digest varchar(100) NOT NULL, format_id varchar(255) NOT NULL,
   PRIMARY KEY (host, repo, src_digest, mediatype, out_digest){charset_close}"""
 
+# Ours: what building a layer cost when it was done (the honest "time saved" of a reuse), and
+# short leases so two runs converting the same new layer at once build it once.
+_LAYER_COSTS = """CREATE TABLE IF NOT EXISTS overlaybd_layer_costs (
+  chain_id varchar(100) NOT NULL, format_id varchar(255) NOT NULL,
+  build_seconds double NOT NULL, source_bytes bigint NOT NULL,
+  PRIMARY KEY (chain_id, format_id){charset_close}"""
+_LAYER_LEASES = """CREATE TABLE IF NOT EXISTS overlaybd_layer_leases (
+  host varchar(255) NOT NULL, chain_id varchar(100) NOT NULL, format_id varchar(255) NOT NULL,
+  holder varchar(255) NOT NULL, expires_at bigint NOT NULL,
+  PRIMARY KEY (host, chain_id, format_id){charset_close}"""
+
 
 class Dialect:
     """The few statements that differ between MySQL/MariaDB and SQLite."""
@@ -64,6 +75,8 @@ MYSQL = Dialect(
         ),
         _LAYER_FORMATS.format(charset_close=")\n DEFAULT CHARSET=utf8"),
         _MANIFEST_FORMATS.format(charset_close=")\n DEFAULT CHARSET=utf8"),
+        _LAYER_COSTS.format(charset_close=")\n DEFAULT CHARSET=utf8"),
+        _LAYER_LEASES.format(charset_close=")\n DEFAULT CHARSET=utf8"),
     ),
     "SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE()",
 )
@@ -79,6 +92,8 @@ SQLITE = Dialect(
         "CREATE INDEX IF NOT EXISTS index_registry_src_digest ON overlaybd_manifests (host, src_digest)",
         _LAYER_FORMATS.format(charset_close=")"),
         _MANIFEST_FORMATS.format(charset_close=")"),
+        _LAYER_COSTS.format(charset_close=")"),
+        _LAYER_LEASES.format(charset_close=")"),
     ),
     "SELECT name FROM sqlite_master WHERE type = 'table'",
 )
@@ -123,3 +138,8 @@ MANIFEST_FORMAT_DELETE = (
     "DELETE FROM overlaybd_manifest_formats WHERE host = ? AND repo = ? AND src_digest = ? AND mediatype = ?"
     " AND out_digest = ?"
 )
+COST_SELECT = "SELECT chain_id, build_seconds FROM overlaybd_layer_costs WHERE format_id = ? AND chain_id IN ({marks})"
+LEASE_TAKE = """UPDATE overlaybd_layer_leases SET holder = ?, expires_at = ?
+  WHERE host = ? AND chain_id = ? AND format_id = ? AND (holder = ? OR expires_at < ?)"""
+LEASE_HOLDER = "SELECT holder, expires_at FROM overlaybd_layer_leases WHERE host = ? AND chain_id = ? AND format_id = ?"
+LEASE_RELEASE = "DELETE FROM overlaybd_layer_leases WHERE host = ? AND chain_id = ? AND format_id = ? AND holder = ?"

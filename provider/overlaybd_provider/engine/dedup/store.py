@@ -15,6 +15,7 @@ import os
 import re
 import sqlite3
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -101,6 +102,10 @@ class DedupStore(Protocol):
         self, host: str, repo: str, src_digest: str, media_type: str, digest: str, size: int, format_id: str
     ) -> None: ...
     def delete_manifest(self, host: str, repo: str, src_digest: str, media_type: str, digest: str) -> None: ...
+    def record_layer_cost(self, chain_id: str, format_id: str, seconds: float, source_bytes: int) -> None: ...
+    def layer_costs(self, chain_ids: list[str], format_id: str) -> dict[str, float]: ...
+    def try_lease(self, host: str, chain_id: str, format_id: str, holder: str, ttl: int) -> str: ...
+    def release_lease(self, host: str, chain_id: str, format_id: str, holder: str) -> None: ...
     def describe(self) -> str: ...
     def close(self) -> None: ...
 
@@ -243,6 +248,41 @@ class SqlDedupStore:
             (q.MANIFEST_DELETE, (host, repo, src_digest, media_type, digest)),
             (q.MANIFEST_FORMAT_DELETE, (host, repo, src_digest, media_type, digest)),
         ])
+
+    # build costs (time saved by a reuse) and leases (one build of a layer at a time) --------
+
+    def record_layer_cost(self, chain_id: str, format_id: str, seconds: float, source_bytes: int) -> None:
+        """What building this layer cost; the first recorded build wins (``INSERT IGNORE``)."""
+        self._run(self.dialect.insert("overlaybd_layer_costs", ("chain_id", "format_id", "build_seconds",
+                                                                "source_bytes")),
+                  (chain_id, format_id, float(seconds), int(source_bytes)))
+
+    def layer_costs(self, chain_ids: list[str], format_id: str) -> dict[str, float]:
+        """Recorded build seconds of these chain ids (missing ones are absent)."""
+        out: dict[str, float] = {}
+        unique = sorted(set(chain_ids))
+        for start in range(0, len(unique), 200):
+            part = unique[start:start + 200]
+            sql = q.COST_SELECT.format(marks=", ".join("?" for _ in part))
+            for chain_id, seconds in self._run(sql, (format_id, *part), fetch=True):
+                out[str(chain_id)] = float(seconds)
+        return out
+
+    def try_lease(self, host: str, chain_id: str, format_id: str, holder: str, ttl: int) -> str:
+        """Take (or renew) the build lease of a layer; returns the holder after the attempt, which
+        is ``holder`` when we have it. An expired lease (its holder died) is taken over."""
+        now = int(time.time())
+        rows = self._transaction([
+            (self.dialect.insert("overlaybd_layer_leases", ("host", "chain_id", "format_id", "holder",
+                                                            "expires_at")),
+             (host, chain_id, format_id, holder, now + ttl)),
+            (q.LEASE_TAKE, (holder, now + ttl, host, chain_id, format_id, holder, now)),
+            (q.LEASE_HOLDER, (host, chain_id, format_id)),
+        ], fetch=True)
+        return str(rows[0][0]) if rows else ""
+
+    def release_lease(self, host: str, chain_id: str, format_id: str, holder: str) -> None:
+        self._run(q.LEASE_RELEASE, (host, chain_id, format_id, holder))
 
     def close(self) -> None:
         if self._owns:

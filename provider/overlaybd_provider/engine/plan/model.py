@@ -11,7 +11,7 @@ from overlaybd_provider.engine.errors import StageError
 
 __all__ = ["ImagePlan", "LayerPlan", "Plan"]
 
-PLAN_VERSION = 1
+PLAN_VERSION = 2  # 2: build statistics and recorded costs travel with the plan (stage handover)
 
 
 @dataclass
@@ -27,9 +27,16 @@ class LayerPlan:
     uuid: str
     parent_uuid: str
     action: str = "build"  # build | reuse
-    dedup: str = "miss"  # miss | hit | mount | local (reused from this staging dir)
+    # miss (built here) | hit (same repository) | mount (another repository) | local (finished
+    # earlier in this work directory or by an earlier try) | wait (built meanwhile by a
+    # concurrent conversion holding its lease, then reused)
+    dedup: str = "miss"
     digest: str | None = None  # converted blob, once known
     size: int | None = None
+    bytes_in: int = 0  # source bytes fetched and applied here
+    bytes_out: int = 0  # layer blob bytes written here
+    seconds: float = 0.0  # build time here
+    cost: float = 0.0  # recorded build time of a reused layer (what its reuse saved)
 
     @property
     def key(self) -> str:

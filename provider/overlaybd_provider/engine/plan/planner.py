@@ -15,7 +15,7 @@ from overlaybd_provider.engine.transfer.endpoint import Endpoint
 from overlaybd_provider.engine.transfer.workspace import Workspace
 from overlaybd_provider.oci.errors import NotFoundError
 
-__all__ = ["make_plan", "resolve_dedup"]
+__all__ = ["fill_costs", "lookup_layer", "make_plan", "prepare", "resolve_dedup"]
 
 log = logging.getLogger(__name__)
 
@@ -120,27 +120,29 @@ def resolve_dedup(plan: Plan, dst: Endpoint, dedup: DedupStore, oci: bool) -> No
             log.info("[%s] manifest cache hit: %s (%s)", image.label, image.cached["digest"], image.cached["how"])
             continue
         for layer in image.layers:
-            _layer_lookup(layer, dst, dedup, host, repo, plan.layer_format)
+            lookup_layer(layer, dst, dedup, host, repo, plan.layer_format)
 
 
-def _layer_lookup(layer: LayerPlan, dst: Endpoint, dedup: DedupStore, host: str, repo: str, fmt: str) -> None:
-    """A row is reused only when its blob is really there (HEAD) or mountable; rows whose blob is
-    gone are deleted (as upstream does), so a garbage-collected blob never sticks."""
+def lookup_layer(layer: LayerPlan, dst: Endpoint, dedup: DedupStore, host: str, repo: str, fmt: str) -> bool:
+    """Turn ``layer`` into a reuse when the dedup store has it (True). A row is reused only when
+    its blob is really there (HEAD) or mountable; rows whose blob is gone are deleted (as
+    upstream does), so a garbage-collected blob never sticks."""
     row = dedup.find_layer(host, repo, layer.chain_id, fmt)
     if row is not None:
         if dst.has_blob(row.digest):
             layer.action, layer.dedup, layer.digest, layer.size = "reuse", "hit", row.digest, row.size
-            return
+            return True
         log.info("dedup row for %s points at missing blob %s: deleted", layer.chain_id, row.digest)
         dedup.delete_layer(host, repo, layer.chain_id, row.digest)
     for row in dedup.find_layer_elsewhere(host, repo, layer.chain_id, fmt):
         if dst.mount_blob(row.digest, row.size, row.repo):
             dedup.record_layer(host, repo, layer.chain_id, row.digest, row.size, fmt)
             layer.action, layer.dedup, layer.digest, layer.size = "reuse", "mount", row.digest, row.size
-            return
+            return True
         log.info("dedup row %s/%s for %s points at a blob that cannot be had: deleted", host, row.repo,
                  layer.chain_id)
         dedup.delete_layer(host, row.repo, layer.chain_id, row.digest)
+    return False
 
 
 def _missing_blob(dst: Endpoint, data: bytes, from_repo: str | None) -> str | None:
@@ -191,3 +193,35 @@ def _manifest_cache(
         dedup.record_manifest(host, repo, image.source_digest, out_type, row.digest, len(data), fmt)
         return {"digest": row.digest, "size": len(data), "repo": row.repo, "how": "cross-repo"}
     return None
+
+
+def fill_costs(plan: Plan, dedup: DedupStore | None) -> None:
+    """Set ``cost`` of every reused layer (and of every layer of a manifest-cache hit) to the build
+    time recorded when it was converted: what this reuse saved, measured, not estimated."""
+    if dedup is None:
+        return
+    reused = [layer for image in plan.images for layer in image.layers
+              if image.cached or layer.action == "reuse" or layer.dedup not in ("miss",)]
+    if not reused:
+        return
+    costs = dedup.layer_costs([layer.chain_id for layer in reused], plan.layer_format)
+    for layer in reused:
+        layer.cost = round(costs.get(layer.chain_id, 0.0), 3)
+
+
+def prepare(src: str, dst: str, ws: Workspace, options: ConvertOptions, src_ep: Endpoint, dst_ep: Endpoint,
+            dedup: DedupStore | None) -> Plan:
+    """Plan + push-access check + dedup decisions, saved to plan.json (``convert_image`` and the
+    pull stage)."""
+    ws.root.mkdir(parents=True, exist_ok=True)
+    plan = make_plan(src_ep, dst, options, ws)
+    if not options.no_upload:
+        dst_ep.check_push()  # an unreachable or refusing target fails before downloads and builds
+    if dedup is not None and not options.no_upload and dst_ep.is_registry:
+        resolve_dedup(plan, dst_ep, dedup, options.oci)
+    for image in plan.images:
+        for layer in image.layers:
+            if layer.action == "build" and ws.blob_info(layer) is not None:
+                layer.dedup = "local"  # finished by an earlier run in this work directory
+    ws.save_plan(plan)
+    return plan

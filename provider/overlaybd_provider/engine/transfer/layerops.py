@@ -1,4 +1,4 @@
-"""Per-layer work shared by ``convert_image`` and the stages: fetch, build, compress.
+"""Per-layer work shared by ``convert_image`` and the build stage: fetch and build.
 
 Each function is idempotent: finished output (verified) is kept, anything else is redone, and
 outputs appear atomically (temp file + rename).
@@ -20,10 +20,9 @@ from overlaybd_provider.engine.transfer.blobcache import BlobCache
 from overlaybd_provider.engine.transfer.endpoint import Endpoint
 from overlaybd_provider.engine.transfer.workspace import Workspace
 
-__all__ = ["LayerStats", "build_layer", "compress_layer", "fetch_reused", "fetch_source", "lower_files"]
+__all__ = ["LayerStats", "build_layer", "fetch_reused", "fetch_source", "lower_files"]
 
 log = logging.getLogger(__name__)
-_COPY = 4 << 20
 
 
 @dataclass
@@ -33,15 +32,23 @@ class LayerStats:
     seconds: float = 0.0
 
 
-def fetch_source(ws: Workspace, src: Endpoint, layer: LayerPlan) -> int:
-    """Download the source layer (digest/size verified by the store); returns bytes fetched."""
+def fetch_source(ws: Workspace, src: Endpoint, layer: LayerPlan, cache: BlobCache | None = None) -> int:
+    """Download the source layer (digest/size verified by the store); returns bytes fetched.
+
+    A valid entry of this machine's blob ``cache`` is linked instead (0 bytes fetched), and a
+    download is added to it: a retry of the build on this machine, or another image sharing
+    the layer, does not download it again."""
     path = ws.source_blob(layer)
     if path.exists() and path.stat().st_size == layer.source_size:
         return 0
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".source.{os.getpid()}.part")
+    if cache is not None and cache.get(layer.source_digest, layer.source_size, path):
+        return 0
+    tmp = path.with_name(f".source.{os.getpid()}.{threading.get_ident()}.part")
     src.fetch_blob(layer.source_digest, layer.source_size, tmp)
     os.replace(tmp, path)
+    if cache is not None:
+        cache.put(path, layer.source_digest, layer.source_size)
     return layer.source_size
 
 
@@ -68,22 +75,19 @@ def fetch_reused(ws: Workspace, dst: Endpoint, layer: LayerPlan, cache: BlobCach
 
 
 def lower_files(ws: Workspace, image: ImagePlan, upto: int) -> list[Path]:
-    """Files of layers ``0..upto-1``, bottom first: the finished blob, else the raw LSMT."""
+    """Blobs of layers ``0..upto-1``, bottom first."""
     out = []
     for lower in image.layers[:upto]:
-        if ws.blob_info(lower) is not None:
-            out.append(ws.blob_path(lower))
-        elif ws.lsmt_path(lower).exists():
-            out.append(ws.lsmt_path(lower))
-        else:
+        if ws.blob_info(lower) is None:
             raise EngineError(f"[{image.label}] layer {lower.index} is not available as a lower for layer {upto}")
+        out.append(ws.blob_path(lower))
     return out
 
 
-def build_layer(ws: Workspace, image: ImagePlan, layer: LayerPlan, options: ConvertOptions, *, raw: bool,
+def build_layer(ws: Workspace, image: ImagePlan, layer: LayerPlan, options: ConvertOptions,
                 cache: BlobCache | None = None) -> LayerStats:
-    """Apply the source tar on the lowers. ``raw``: write the sealed LSMT (``layer.lsmt``, then
-    :func:`compress_layer`); otherwise write the finished blob directly (one pass)."""
+    """Apply the source tar on the lowers straight into the finished layer blob (one pass), the
+    content checked against the layer's diff_id; the blob goes into the blob ``cache``."""
     from overlaybd_provider.ext4.apply import apply_layer
     from overlaybd_provider.ext4.errors import DiffIdMismatchError
     from overlaybd_provider.ext4.mkfs import MkfsOptions
@@ -91,46 +95,22 @@ def build_layer(ws: Workspace, image: ImagePlan, layer: LayerPlan, options: Conv
     started = time.monotonic()
     lowers = lower_files(ws, image, layer.index)
     source = ws.source_blob(layer)
-    out = ws.lsmt_path(layer) if raw else ws.blob_path(layer)
+    out = ws.blob_path(layer)
     mkfs = MkfsOptions(**options.fstype.mkfs_kwargs()) if options.fstype.mkfs_options else None
     try:
         result = apply_layer(
             lowers, source, out,
             vsize_gb=options.vsize_gb, algorithm=options.algorithm, block_size_kb=options.block_size_kb,
-            raw=raw, uuid=layer.uuid, parent_uuid=layer.parent_uuid or None, mkfs_options=mkfs,
+            uuid=layer.uuid, parent_uuid=layer.parent_uuid or None, mkfs_options=mkfs,
             diff_id=layer.diff_id, source_digest=layer.source_digest,
         )  # writes a temporary name and renames it on success
     except DiffIdMismatchError as exc:
         # The config lied about this layer (dedup poisoning, docs/dedup.md): nothing was written.
         raise DiffIdMismatchError(f"[{image.label}] layer {layer.index}: {exc}") from None
     stats = LayerStats(bytes_in=source.stat().st_size, bytes_out=result.size, seconds=time.monotonic() - started)
-    if not raw:
-        ws.set_blob_info(layer, result.digest, result.size)
-        if cache is not None:
-            cache.put(out, result.digest, result.size)
+    ws.set_blob_info(layer, result.digest, result.size)
+    if cache is not None:
+        cache.put(out, result.digest, result.size)
     if not options.reserve:
         source.unlink(missing_ok=True)
-    return stats
-
-
-def compress_layer(ws: Workspace, layer: LayerPlan, options: ConvertOptions) -> LayerStats:
-    """``layer.lsmt`` → ZFile → upstream tar wrapper = ``overlaybd.commit`` (layer-blob.md §4)."""
-    from overlaybd_provider.formats.blob import LayerBlobWriter
-
-    started = time.monotonic()
-    src = ws.lsmt_path(layer)
-    out = ws.blob_path(layer)
-    with ws.atomic(out) as f, open(src, "rb") as raw:
-        writer = LayerBlobWriter(f, algorithm=options.algorithm, block_size=options.block_size_kb * 1024)
-        try:
-            while chunk := raw.read(_COPY):
-                writer.write(chunk)
-        except BaseException:
-            writer.abort()
-            raise
-        info = writer.close()
-    ws.set_blob_info(layer, info.digest, info.size)
-    stats = LayerStats(bytes_in=src.stat().st_size, bytes_out=info.size, seconds=time.monotonic() - started)
-    if not options.reserve:
-        src.unlink(missing_ok=True)
     return stats

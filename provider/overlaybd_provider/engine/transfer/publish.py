@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 from overlaybd_provider.engine.dedup import DedupStore
 from overlaybd_provider.engine.documents import manifests as mf
@@ -21,6 +22,7 @@ __all__ = [
     "PushStats",
     "build_image_documents",
     "build_index_document",
+    "publish_all",
     "push_image",
     "push_layer",
     "record_image",
@@ -40,12 +42,13 @@ class Built:
 
 
 def layer_result(ws: Workspace, layer: LayerPlan) -> tuple[str, int]:
-    if layer.action == "reuse":
-        assert layer.digest is not None and layer.size is not None
+    """Digest and size of a layer's converted blob: known from the plan (reused, or built by the
+    build stage), else from the finished blob in the workspace."""
+    if layer.digest is not None and layer.size is not None:
         return layer.digest, layer.size
     info = ws.blob_info(layer)
     if info is None:
-        raise StageError(f"layer {layer.index} ({layer.chain_id}) has no blob: run build/compress first")
+        raise StageError(f"layer {layer.index} ({layer.chain_id}) has no converted blob: run the build stage first")
     return info["digest"], info["size"]
 
 
@@ -98,11 +101,19 @@ class PushStats:
 
 
 def push_layer(ws: Workspace, dst: Endpoint, layer: LayerPlan, stats: PushStats) -> None:
+    """Make the layer's blob present in ``dst``: pushed from the workspace when it is there, else
+    it must already be in ``dst`` (reused, or pushed by the build stage on another machine)."""
     digest, size = layer_result(ws, layer)
     if layer.action == "reuse":
         stats.existing += 1
         return
-    if dst.push_blob_file(ws.blob_path(layer), digest, size):
+    path = ws.blob_path(layer)
+    if ws.blob_info(layer) is None:
+        if not dst.has_blob(digest):
+            raise StageError(f"layer {layer.index} blob {digest} is not in {dst.text} and not here: "
+                             "rerun the build stage")
+        stats.existing += 1
+    elif dst.push_blob_file(path, digest, size):
         stats.pushed += 1
         stats.bytes += size
     else:
@@ -126,6 +137,8 @@ def record_layer(dedup: DedupStore | None, dst: Endpoint, plan: Plan, layer: Lay
     if dedup is None or layer.action != "build" or not dst.is_registry:
         return 0
     dedup.record_layer(dst.host, dst.repo, layer.chain_id, digest, size, plan.layer_format)
+    if layer.seconds > 0:  # built here: what a later reuse of it saves
+        dedup.record_layer_cost(layer.chain_id, plan.layer_format, layer.seconds, layer.bytes_in)
     return 1
 
 
@@ -136,3 +149,44 @@ def record_image(dedup: DedupStore | None, dst: Endpoint, plan: Plan, image: Ima
     dedup.record_manifest(dst.host, dst.repo, image.source_digest, manifest.media_type, manifest.digest,
                           manifest.size, plan.manifest_format)
     return 1
+
+
+def publish_all(ws: Workspace, plan: Plan, dst: Endpoint, *, upload: bool, per_image=None) -> dict[str, Any]:
+    """Documents for every image (+ index), pushed when ``upload``; saved as pushed.json.
+
+    ``per_image(image, built, stats)`` replaces the default push of one image's documents."""
+    stats = PushStats()
+    tag = dst.tag
+    results: dict[int, Any] = {}
+    manifests = []
+    for n, image in enumerate(plan.images):
+        if image.cached:
+            desc = mf.Descriptor(mf.media_types(plan.options["oci"])["manifest"], image.cached["digest"],
+                                 image.cached["size"])
+            if upload and not plan.is_index and tag:
+                data = dst.get_manifest(desc.digest)  # re-tag (image.md §6)
+                ws.put_object(desc.digest, data)
+                dst.push_manifest(data, desc.media_type, tag)
+        else:
+            built = build_image_documents(ws, plan, image)
+            desc = built.manifest
+            if upload:
+                if per_image is not None:
+                    per_image(image, built, stats)
+                else:
+                    push_image(ws, dst, plan, image, built, stats, tag=None if plan.is_index else tag)
+        results[image.child if image.child is not None else n] = desc
+        manifests.append({"platform": image.platform, "source_digest": image.source_digest,
+                          "digest": desc.digest, "size": desc.size, "media_type": desc.media_type,
+                          "cached": bool(image.cached)})
+    if plan.is_index:
+        top = build_index_document(ws, plan, results)
+        if upload:
+            dst.push_manifest(ws.get_object(top.digest), top.media_type, tag)
+    else:
+        top = results[next(iter(results))]
+    doc = {"target": plan.target, "digest": top.digest, "media_type": top.media_type, "size": top.size,
+           "manifests": manifests, "uploaded": upload, "blobs_pushed": stats.pushed,
+           "blobs_existing": stats.existing, "bytes_pushed": stats.bytes}
+    ws.write_json(ws.root / "pushed.json", doc)
+    return doc

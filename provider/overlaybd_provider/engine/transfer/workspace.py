@@ -1,7 +1,9 @@
-"""The staging directory of one conversion (docs/engine-stages.md) and its plan.json.
+"""The work directory of one conversion (or of one stage run) and its plan.json.
 
 Everything is written to a temporary name in the same directory and renamed, so a killed
 process leaves either the previous state or the new one, never a half-written file.
+:func:`scratch` makes a private, locked work directory that is removed when the work ends, and
+:func:`sweep_scratch` removes the ones whose process died (``kill -9``, a lost worker).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any, BinaryIO
 from overlaybd_provider.engine.errors import StageError
 from overlaybd_provider.engine.plan.model import LayerPlan, Plan
 
-__all__ = ["Workspace", "file_digest"]
+__all__ = ["Workspace", "file_digest", "scratch", "sweep_scratch"]
 
 def file_digest(path: Path) -> tuple[str, int]:
     h = hashlib.sha256()
@@ -53,9 +55,6 @@ class Workspace:
 
     def source_blob(self, layer: LayerPlan) -> Path:
         return self.layer_dir(layer) / "source.blob"
-
-    def lsmt_path(self, layer: LayerPlan) -> Path:
-        return self.layer_dir(layer) / "layer.lsmt"
 
     def blob_path(self, layer: LayerPlan) -> Path:
         return self.layer_dir(layer) / "overlaybd.commit"
@@ -144,3 +143,56 @@ class Workspace:
 
     def set_blob_info(self, layer: LayerPlan, digest: str, size: int) -> None:
         self.write_json(self.blob_info_path(layer), {"digest": digest, "size": size})
+
+
+_SCRATCH_LOCK = ".lock"
+
+
+@contextlib.contextmanager
+def scratch(base: str | os.PathLike[str] | None, prefix: str) -> Iterator[Path]:
+    """A fresh directory under ``base`` (the system temp dir when None), locked (``flock``) while
+    in use and removed afterwards, whatever happens. Scratch directories left by a process that
+    died are removed by the next :func:`sweep_scratch` on that machine."""
+    import fcntl
+    import shutil
+
+    if base is not None:
+        Path(base).mkdir(parents=True, exist_ok=True)
+        sweep_scratch(base)
+    root = Path(tempfile.mkdtemp(prefix=prefix, dir=base))
+    lock = open(root / _SCRATCH_LOCK, "w")  # noqa: SIM115 - held until the directory is gone
+    try:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+        lock.close()
+
+
+def sweep_scratch(base: str | os.PathLike[str], *, min_age: float = 60.0) -> list[Path]:
+    """Remove scratch directories under ``base`` whose lock no process holds (and that are at
+    least ``min_age`` seconds old, so one being created is never taken); returns them."""
+    import fcntl
+    import shutil
+    import time
+
+    removed = []
+    try:
+        entries = list(Path(base).iterdir())
+    except FileNotFoundError:
+        return removed
+    for entry in entries:
+        lock_path = entry / _SCRATCH_LOCK
+        try:
+            if not entry.is_dir() or time.time() - lock_path.stat().st_mtime < min_age:
+                continue
+        except FileNotFoundError:
+            continue
+        try:
+            with open(lock_path) as lock:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                shutil.rmtree(entry, ignore_errors=True)
+                removed.append(entry)
+        except (BlockingIOError, FileNotFoundError):
+            continue  # in use by a live process, or removed meanwhile
+    return removed

@@ -1,0 +1,220 @@
+"""The layers of one image, overlapped: fetch → build (straight into the layer blob) → push → record.
+
+Shared by ``convert_image`` (the CLI, one process) and the build stage (Airflow, one task). The
+work directory is scratch: everything another process needs afterwards is pushed to the target
+and recorded (docs/engine-stages.md), so a retry on any machine resumes from the target and the
+dedup database, and this machine's blob cache saves re-downloads.
+
+Downloads start concurrently; layer *i* is built as soon as its own source and its lowers are
+here. The push (+ record) of layer *i* runs on one background thread while layer *i+1* is
+built: at most one push in flight, pushes and records in layer order, and a layer is recorded
+only after its push succeeded. With a dedup store, a layer is built only under its build lease
+(engine/dedup/lease.py): when another conversion is building it, this one waits for that
+result and reuses it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+from overlaybd_provider.engine.dedup import DedupStore
+from overlaybd_provider.engine.dedup.lease import LayerLeases
+from overlaybd_provider.engine.errors import StageError
+from overlaybd_provider.engine.options import ConvertOptions
+from overlaybd_provider.engine.plan.model import ImagePlan, LayerPlan, Plan
+from overlaybd_provider.engine.plan.planner import lookup_layer
+from overlaybd_provider.engine.report import Progress, emit
+from overlaybd_provider.engine.transfer import layerops, publish
+from overlaybd_provider.engine.transfer.blobcache import BlobCache
+from overlaybd_provider.engine.transfer.endpoint import Endpoint
+from overlaybd_provider.engine.transfer.workspace import Workspace
+
+__all__ = ["DOWNLOADS_PER_IMAGE", "Pipeline", "run_images"]
+
+log = logging.getLogger(__name__)
+DOWNLOADS_PER_IMAGE = 4  # concurrent blob downloads per image
+
+#: called after a layer is final for this run: built, pushed and recorded, or reused
+LayerDone = Callable[[ImagePlan, LayerPlan], None]
+
+
+@dataclass
+class Pipeline:
+    """Everything the per-image pipeline needs; one per conversion (shared by its images)."""
+
+    ws: Workspace
+    plan: Plan
+    options: ConvertOptions
+    src: Endpoint
+    dst: Endpoint
+    dedup: DedupStore | None = None
+    progress: Progress | None = None
+    cache: BlobCache | None = None
+    leases: LayerLeases | None = None
+    on_layer: LayerDone | None = None
+    #: chain ids of layers to build that an earlier try already built, pushed and recorded
+    #: (their ``digest``/``size`` are set and the blob is in the target)
+    finished: frozenset[str] = frozenset()
+
+    @property
+    def upload(self) -> bool:
+        return not self.options.no_upload
+
+    # -- downloads ---------------------------------------------------------------------------
+
+    def start_downloads(self, pool: ThreadPoolExecutor, image: ImagePlan) -> dict[int, Future[int]]:
+        """Submit what the builds of ``image`` need: source tars of layers to build, and reused
+        blobs a built layer stands on. ``{layer index: future of bytes fetched}``."""
+        ws = self.ws
+        builds = [layer.index for layer in image.layers if self._to_build(layer) and ws.blob_info(layer) is None]
+        last_build = max(builds, default=-1)
+        jobs: list[tuple[LayerPlan, Callable[[], int]]] = []
+        for layer in image.layers:
+            if layer.index in builds:
+                jobs.append((layer, lambda layer=layer: layerops.fetch_source(ws, self.src, layer, self.cache)))
+            elif not self._to_build(layer) and layer.index < last_build:
+                jobs.append((layer, lambda layer=layer: self._fetch_reused(layer)))
+
+        def run(layer: LayerPlan, fetch: Callable[[], int]) -> int:
+            started = time.monotonic()
+            with ws.layer_lock(layer):
+                n = fetch()
+            if n:
+                emit(self.progress, image, layer, "downloaded", bytes_in=n, seconds=time.monotonic() - started)
+            return n
+
+        return {layer.index: pool.submit(run, layer, fetch) for layer, fetch in jobs}
+
+    def _to_build(self, layer: LayerPlan) -> bool:
+        return layer.action == "build" and layer.chain_id not in self.finished
+
+    def _fetch_reused(self, layer: LayerPlan) -> int:
+        if self.options.no_upload:
+            raise StageError("a reused layer must be downloaded but nothing was uploaded")
+        return layerops.fetch_reused(self.ws, self.dst, layer, self.cache)
+
+    def _ensure_lowers(self, image: ImagePlan, layer: LayerPlan, downloads: dict[int, Future[int]]) -> None:
+        """Every layer below ``layer`` is here (a layer that became a reuse while this run
+        waited for another conversion's result was not prefetched)."""
+        for lower in image.layers[: layer.index]:
+            if lower.index in downloads:
+                downloads.pop(lower.index).result()
+            if self.ws.blob_info(lower) is None:
+                with self.ws.layer_lock(lower):
+                    self._fetch_reused(lower)
+
+    # -- one image ---------------------------------------------------------------------------
+
+    def run_image(self, image: ImagePlan) -> None:
+        """Build, push and record every layer of ``image`` still to build (see module doc)."""
+        stats = publish.PushStats()
+        with (ThreadPoolExecutor(DOWNLOADS_PER_IMAGE, thread_name_prefix="obd-fetch") as fetcher,
+              ThreadPoolExecutor(1, thread_name_prefix="obd-push") as uploader):
+            downloads = self.start_downloads(fetcher, image)
+            pending: Future[None] | None = None
+            try:
+                for layer in image.layers:
+                    if pending is not None and pending.done():
+                        pending.result()  # a failed push stops the conversion before more work
+                    if layer.action == "reuse":
+                        emit(self.progress, image, layer, "reused")
+                        self._done(image, layer)
+                        continue
+                    if layer.chain_id in self.finished:
+                        emit(self.progress, image, layer, "built by an earlier try")
+                        self._done(image, layer)
+                        continue
+                    if not self._claim(image, layer):
+                        continue  # reused: another conversion built it meanwhile
+                    info = self._build(image, layer, downloads)
+                    if not self.upload:
+                        self._done(image, layer)
+                        continue
+                    if pending is not None:
+                        pending.result()  # bounded: one push in flight
+                    pending = uploader.submit(self._push_and_record, image, layer, info, stats)
+                if pending is not None:
+                    pending.result()
+                for future in downloads.values():
+                    future.result()  # downloads no build needed (none in practice): still verified
+            except BaseException:
+                if pending is not None:
+                    pending.cancel()
+                for future in downloads.values():
+                    future.cancel()
+                raise
+
+    def _claim(self, image: ImagePlan, layer: LayerPlan) -> bool:
+        """True: build ``layer`` here. False: it was converted meanwhile by a concurrent
+        conversion (we waited for its lease) and is now a reuse."""
+        if self.leases is None or not self.upload or self.ws.blob_info(layer) is not None:
+            return True
+        dst, plan, dedup = self.dst, self.plan, self.dedup
+        assert dedup is not None
+
+        def found() -> bool:
+            return lookup_layer(layer, dst, dedup, dst.host, dst.repo, plan.layer_format)
+
+        if self.leases.acquire_or_wait(layer.chain_id, found,
+                                       on_wait=lambda holder: emit(self.progress, image, layer,
+                                                                   f"waiting for {holder}")):
+            return True
+        layer.dedup = "wait"
+        emit(self.progress, image, layer, "reused (built meanwhile by a concurrent conversion)")
+        self._done(image, layer)
+        return False
+
+    def _build(self, image: ImagePlan, layer: LayerPlan, downloads: dict[int, Future[int]]) -> dict:
+        ws = self.ws
+        with ws.layer_lock(layer):
+            info = ws.blob_info(layer)
+            if info is not None:
+                layer.dedup = "local"
+                emit(self.progress, image, layer, "already built")
+                return info
+        if layer.index in downloads:
+            downloads.pop(layer.index).result()
+        self._ensure_lowers(image, layer, downloads)
+        with ws.layer_lock(layer):
+            if not ws.source_blob(layer).exists():  # a retry whose earlier try deleted it
+                layerops.fetch_source(ws, self.src, layer, self.cache)
+            result = layerops.build_layer(ws, image, layer, self.options, cache=self.cache)
+            layer.bytes_in += result.bytes_in
+            layer.bytes_out = result.bytes_out
+            layer.seconds += result.seconds
+            emit(self.progress, image, layer, "built", bytes_in=result.bytes_in, bytes_out=result.bytes_out,
+                 seconds=result.seconds)
+            info = ws.blob_info(layer)
+        assert info is not None
+        layer.digest, layer.size = info["digest"], info["size"]
+        return info
+
+    def _push_and_record(self, image: ImagePlan, layer: LayerPlan, info: dict, stats: publish.PushStats) -> None:
+        """Recorded only after the push succeeded (a killed run re-pushes, never trusts a missing blob)."""
+        try:
+            publish.push_layer(self.ws, self.dst, layer, stats)
+            publish.record_layer(self.dedup, self.dst, self.plan, layer, info["digest"], info["size"])
+        finally:
+            if self.leases is not None:
+                self.leases.release(layer.chain_id)
+        self._done(image, layer)
+
+    def _done(self, image: ImagePlan, layer: LayerPlan) -> None:
+        if self.on_layer is not None:
+            self.on_layer(image, layer)
+
+
+def run_images(pipeline: Pipeline, images: list[ImagePlan]) -> None:
+    """Every image, in parallel up to ``concurrency_limit`` (platforms of an index)."""
+    limit = pipeline.options.concurrency_limit
+    if len(images) > 1 and limit > 1:
+        with ThreadPoolExecutor(min(limit, len(images)), thread_name_prefix="obd-image") as pool:
+            for future in [pool.submit(pipeline.run_image, image) for image in images]:
+                future.result()
+    else:
+        for image in images:
+            pipeline.run_image(image)
