@@ -14,7 +14,7 @@ Cases (corpus: bench/corpus.py):
               layer: same download, build and push) and against ``apply-layer`` of that layer on
               the converted lowers (no registry I/O: the floor).
               ``registry cold, stages`` converts b through the engine stages in one process, the
-              path of Airflow's convert operator (bench/stagesrun.py).
+              path of the nightly DAG's stages (bench/stagesrun.py).
   layout      ``overlaybd convert oci:LAYOUT:debian oci:OUT`` (cold).
 
 Every time is the median of ``--runs`` fresh processes (wall time, including the interpreter
@@ -143,7 +143,7 @@ def convert_section(rows: list[Row], data: corpus.Corpus, work: Path, runs: int,
                             cpu_seconds=cold.cpu_seconds))
             rows.append(Row("registry cold, stages", "lz4", "4K", runs, staged.seconds, image_tar, image_entries,
                             staged.max_rss_mb, _image_out_bytes(host, "bench/staged0", "debian"),
-                            cpu_seconds=staged.cpu_seconds, note="the Airflow convert operator's path (bench/stagesrun.py)"))
+                            cpu_seconds=staged.cpu_seconds, note="the nightly DAG's stage path (bench/stagesrun.py)"))
             row = Row("registry cache hit", "lz4", "4K", runs, hit.seconds, max_rss_mb=hit.max_rss_mb,
                       cpu_seconds=hit.cpu_seconds)
             if not quick:

@@ -1,14 +1,14 @@
-"""Run the engine stages in one process, as ``OverlaybdConvertOperator`` does inside an Airflow
-task (pull → build → compress → push → record, a staging directory in between), so the bench can
-time the Airflow path without a scheduler.
+"""Run the engine stages as the nightly DAG's tasks do (pull → build → push → record), each with
+its own scratch directory and only the JSON of the previous stage in hand, in one process, so the
+bench can time the staged Airflow path without a scheduler.
 
     .venv/bin/python bench/stagesrun.py SRC DST DB_URL   # plain-HTTP registries
 """
 
 from __future__ import annotations
 
+import json
 import sys
-import tempfile
 
 from overlaybd_provider.engine import stages
 from overlaybd_provider.engine.dedup import open_dedup
@@ -17,18 +17,20 @@ from overlaybd_provider.oci.options import RegistryOptions
 
 def main(argv: list[str]) -> int:
     src, dst, db_url = argv
-    registry = RegistryOptions(plain_http=True)
+    opts = {"src_registry": RegistryOptions(plain_http=True), "dst_registry": RegistryOptions(plain_http=True)}
     dedup = open_dedup(db_url)
+
+    def xcom(doc: dict) -> dict:
+        return json.loads(json.dumps(doc))
+
     try:
-        with tempfile.TemporaryDirectory(prefix="bench-stages-") as staging:
-            stages.pull(src, dst, staging, src_registry=registry, dst_registry=registry, dedup=dedup)
-            stages.build(staging)
-            stages.compress(staging)
-            pushed = stages.push(staging, dst_registry=registry)
-            stages.record(staging, dedup=dedup)
+        conversion = xcom(stages.pull(src, dst, dedup=dedup, **opts))
+        conversion = xcom(stages.build(conversion, dedup=dedup, **opts))
+        conversion = xcom(stages.push(conversion, **opts))
+        stages.record(conversion, dedup=dedup)
     finally:
         dedup.close()
-    print(pushed["digest"])
+    print(conversion["pushed"]["digest"])
     return 0
 
 

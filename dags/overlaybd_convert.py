@@ -35,7 +35,7 @@ PARAMS = {
         description="os/arch[/variant], one per line; empty = every platform of the source.",
     ),
     "algorithm": Param("lz4", type="string", enum=["lz4", "zstd"], title="Compression"),
-    "block_size_kb": Param(4, type="integer", enum=[4, 8, 16, 32, 64], title="ZFile block size (KiB)"),
+    "block_size_kb": Param(4, type="integer", enum=[4, 8, 16, 32], title="ZFile block size (KiB)"),
     "vsize_gb": Param(64, type="integer", minimum=1, maximum=16384, title="Virtual disk size (GiB)"),
     "oci": Param(
         False, type="boolean", title="OCI media types", description="Emit OCI instead of Docker media types."

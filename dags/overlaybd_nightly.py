@@ -1,11 +1,25 @@
 """Convert a list of images to overlaybd every day, one mapped task group per image.
 
-The list comes from the Airflow Variable ``overlaybd_images`` (YAML or JSON) or, when it is not
+**The list** comes from the Airflow Variable ``overlaybd_images`` (YAML or JSON) or, when it is not
 set, from ``overlaybd_images.yaml`` beside this file; it is read by the first task, never at parse
-time. Each image runs pull → build → compress → push → record; build and compress are the heavy
-stages and are limited per run (``max_active_tis_per_dagrun``) and can be put in a pool
-(``OVERLAYBD_POOL``). Images converted before are found in the dedup manifest cache, so reruns and
-backfills over them finish in seconds.
+time. An entry may name its own registry connections and format options; without a connection,
+the one named after the registry host (``oci_registry_<host>``) is used if it exists.
+
+**Each image** runs four stages, which may land on different workers (they share no disk):
+
+1. ``pull`` — resolves the source, checks the destination accepts our pushes, asks the dedup
+   database what is already converted. Fails at once on a missing image or refused credentials.
+2. ``build`` — the heavy stage (queue ``[overlaybd] queue``, default ``overlaybd``): applies each
+   new layer onto ext4, compresses it, checks it against the image config, pushes the blob and
+   records it. Concurrent runs never build the same layer twice. A retry keeps what was pushed.
+3. ``push`` — writes configs, manifests, the index, and the tag.
+4. ``record`` — writes the manifests into the dedup database and the conversion onto the overlaybd
+   page (Browse → overlaybd).
+
+On call: a task that failed after one try has a permanent error (its log says which: auth, not
+found, a corrupt source...): fix the input and clear the task. Transient errors (registry down,
+database connection lost) retry with backoff. Images converted before come from the manifest
+cache, so reruns and backfills over them finish in seconds.
 """
 
 from __future__ import annotations
@@ -14,19 +28,19 @@ import os
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from airflow.sdk import Param, Variable, dag, task, task_group
+from airflow.sdk import Param, Variable, dag, get_current_context, task, task_group
 from overlaybd_provider.operators import (
     Ext4LayerBuildOperator,
     OverlaybdPullOperator,
     OverlaybdPushOperator,
     OverlaybdRecordOperator,
-    ZFileCompressOperator,
 )
 
 IMAGES_FILE = Path(__file__).with_name("overlaybd_images.yaml")
 POOL = os.environ.get("OVERLAYBD_POOL", "default_pool")
 HEAVY = {"pool": POOL, "max_active_tis_per_dagrun": int(os.environ.get("OVERLAYBD_MAX_PARALLEL", "2"))}
 LABEL = {"map_index_template": "{{ image }}"}
+RUN_PARAMS = ("algorithm", "block_size_kb", "vsize_gb", "oci", "src_registry_conn_id", "dst_registry_conn_id")
 
 
 @dag(
@@ -41,13 +55,21 @@ LABEL = {"map_index_template": "{{ image }}"}
     doc_md=__doc__,
     default_args={"retries": 2, "retry_delay": timedelta(seconds=30), "retry_exponential_backoff": 2.0},
     params={
-        "algorithm": Param("lz4", type="string", enum=["lz4", "zstd"]),
-        "block_size_kb": Param(4, type="integer", enum=[4, 8, 16, 32, 64]),
-        "vsize_gb": Param(64, type="integer", minimum=1, maximum=16384),
-        "oci": Param(False, type="boolean"),
-        "src_registry_conn_id": Param("", type=["string", "null"]),
-        "dst_registry_conn_id": Param("", type=["string", "null"]),
-        "dedup_conn_id": Param("overlaybd_dedup", type="string"),
+        "algorithm": Param("lz4", type="string", enum=["lz4", "zstd"], title="Compression",
+                           description="ZFile compression of the layer blobs (entries may override it)."),
+        "block_size_kb": Param(4, type="integer", enum=[4, 8, 16, 32], title="ZFile block size (KiB)",
+                               description="Larger blocks compress better, smaller ones read faster."),
+        "vsize_gb": Param(64, type="integer", minimum=1, maximum=16383, title="Virtual disk size (GiB)",
+                          description="Size of the ext4 filesystem of new base layers."),
+        "oci": Param(False, type="boolean", title="OCI media types",
+                     description="Emit OCI instead of Docker media types."),
+        "src_registry_conn_id": Param("", type=["string", "null"], title="Source registry connection",
+                                      description="Default oci_registry connection for sources; empty = "
+                                      "oci_registry_<host> if defined, else anonymous."),
+        "dst_registry_conn_id": Param("", type=["string", "null"], title="Destination registry connection",
+                                      description="Default oci_registry connection for destinations."),
+        "dedup_conn_id": Param("overlaybd_dedup", type="string", title="Dedup database connection",
+                               description="mysql or sqlite connection; embedded SQLite when undefined."),
     },
 )
 def overlaybd_nightly():
@@ -55,38 +77,35 @@ def overlaybd_nightly():
     def list_images() -> list[dict]:
         from overlaybd_provider.operators.image_list import parse_image_list
 
+        params = get_current_context()["params"]
+        defaults = {k: params.get(k) for k in RUN_PARAMS}
         text = Variable.get("overlaybd_images", default=None)
         if text:
-            return parse_image_list(text, origin="Variable overlaybd_images")
-        return parse_image_list(IMAGES_FILE.read_text(), origin=str(IMAGES_FILE))
+            return parse_image_list(text, origin="Variable overlaybd_images", defaults=defaults)
+        return parse_image_list(IMAGES_FILE.read_text(), origin=str(IMAGES_FILE), defaults=defaults)
 
     @task_group(group_id="convert")
-    def convert(source: str, destination: str, platforms: list[str]):
+    def convert(source: str, destination: str, platforms: list[str], src_registry_conn_id: str | None,
+                dst_registry_conn_id: str | None, algorithm: str, block_size_kb: int, vsize_gb: int,
+                fstype: str | None, oci: bool):
         pull = OverlaybdPullOperator(
             task_id="pull",
             source=source,
             destination=destination,
             platforms=platforms,
-            algorithm="{{ params.algorithm }}",
-            block_size_kb="{{ params.block_size_kb }}",
-            vsize_gb="{{ params.vsize_gb }}",
-            oci="{{ params.oci }}",
-            src_registry_conn_id="{{ params.src_registry_conn_id }}",
-            dst_registry_conn_id="{{ params.dst_registry_conn_id }}",
+            algorithm=algorithm,
+            block_size_kb=block_size_kb,
+            vsize_gb=vsize_gb,
+            fstype=fstype,
+            oci=oci,
+            src_registry_conn_id=src_registry_conn_id,
+            dst_registry_conn_id=dst_registry_conn_id,
             dedup_conn_id="{{ params.dedup_conn_id }}",
             **LABEL,
         )
-        build = Ext4LayerBuildOperator(task_id="build", staging=pull.output, **HEAVY, **LABEL)
-        compress = ZFileCompressOperator(task_id="compress", staging=build.output, **HEAVY, **LABEL)
-        push = OverlaybdPushOperator(
-            task_id="push",
-            staging=compress.output,
-            dst_registry_conn_id="{{ params.dst_registry_conn_id }}",
-            **LABEL,
-        )
-        OverlaybdRecordOperator(
-            task_id="record", staging=push.output, dedup_conn_id="{{ params.dedup_conn_id }}", **LABEL
-        )
+        build = Ext4LayerBuildOperator(task_id="build", conversion=pull.output, **HEAVY, **LABEL)
+        push = OverlaybdPushOperator(task_id="push", conversion=build.output, **LABEL)
+        OverlaybdRecordOperator(task_id="record", conversion=push.output, **LABEL)
 
     convert.expand_kwargs(list_images())
 

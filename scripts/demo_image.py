@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
 MTIME = 1_700_000_000
@@ -99,6 +100,21 @@ def make_image(
     manifest = {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": config_desc, "layers": descs}
     desc = {"mediaType": OCI_MANIFEST, **_put_blob(layout, json.dumps(manifest, sort_keys=True).encode())}
     _add_to_index(layout, {**desc, "platform": {"architecture": arch, "os": "linux"}}, tag)
+    return desc["digest"]
+
+
+def make_index(layout: Path, tag: str, images: Mapping[str, list[Mapping[str, bytes | None]]]) -> str:
+    """A multi-platform image: ``{arch: layers}`` as one OCI index tagged ``tag``; returns its digest."""
+    layout = Path(layout)
+    entries = []
+    for arch, layers in sorted(images.items()):
+        digest = make_image(layout, f"{tag}-{arch}", layers, arch=arch)
+        size = (layout / "blobs" / "sha256" / digest[7:]).stat().st_size
+        entries.append({"mediaType": OCI_MANIFEST, "digest": digest, "size": size,
+                        "platform": {"architecture": arch, "os": "linux"}})
+    index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}
+    desc = {"mediaType": OCI_INDEX, **_put_blob(layout, json.dumps(index, sort_keys=True).encode())}
+    _add_to_index(layout, desc, tag)
     return desc["digest"]
 
 

@@ -28,6 +28,18 @@ CREATE TABLE IF NOT EXISTS overlaybd_manifest_formats (
   PRIMARY KEY (host, repo, src_digest, mediatype, out_digest))
  DEFAULT CHARSET=utf8;
 
+CREATE TABLE IF NOT EXISTS overlaybd_layer_costs (
+  chain_id varchar(100) NOT NULL, format_id varchar(255) NOT NULL,
+  build_seconds double NOT NULL, source_bytes bigint NOT NULL,
+  PRIMARY KEY (chain_id, format_id))
+ DEFAULT CHARSET=utf8;
+
+CREATE TABLE IF NOT EXISTS overlaybd_layer_leases (
+  host varchar(255) NOT NULL, chain_id varchar(100) NOT NULL, format_id varchar(255) NOT NULL,
+  holder varchar(255) NOT NULL, expires_at bigint NOT NULL,
+  PRIMARY KEY (host, chain_id, format_id))
+ DEFAULT CHARSET=utf8;
+
 CREATE TABLE IF NOT EXISTS `overlaybd_conversions` (
   `id` bigint NOT NULL AUTO_INCREMENT,
   `run_key` varchar(512) NOT NULL COMMENT 'dag/run/task/map-index: one row per conversion task',

@@ -18,3 +18,41 @@ class OverlaybdError(Exception):
     and retry the second."""
 
     retryable: bool = False
+    #: key of :data:`REMEDIES` when the message ends with advice that names a CLI flag: front ends
+    #: other than the CLI show their own wording (:func:`message_for`)
+    remedy: str | None = None
+
+
+#: The same advice in each front end's words: ``{key: {"cli": ..., "airflow": ...}}``. The
+#: ``cli`` text is what the exception message carries.
+REMEDIES: dict[str, dict[str, str]] = {
+    "plain_http": {
+        "cli": "use --plain-http or an http:// hosts.toml server",
+        "airflow": "set the extra plain_http to true in the oci_registry connection",
+    },
+    "tls_trust": {
+        "cli": "pass --tlscacert, --cert-dir or --hosts-dir (or -k to skip verification)",
+        "airflow": "give the oci_registry connection the extra ca_cert (a path or the PEM text), "
+                   "or set its extra insecure to true",
+    },
+    "client_cert": {
+        "cli": "pass --tlscert/--tlskey or --cert-dir",
+        "airflow": "give the oci_registry connection the extras client_cert and client_key",
+    },
+    "credentials": {
+        "cli": "check -u USER:PASSWORD or --docker-config",
+        "airflow": "check the login and password of the oci_registry connection",
+    },
+}
+
+
+def message_for(exc: BaseException, frontend: str) -> str:
+    """``str(exc)`` with its advice in ``frontend``'s words (``"cli"`` or ``"airflow"``)."""
+    custom = getattr(exc, "for_frontend", None)
+    if callable(custom):
+        return str(custom(frontend))
+    text = str(exc)
+    key = getattr(exc, "remedy", None)
+    if key in REMEDIES and frontend in REMEDIES[key]:
+        text = text.replace(REMEDIES[key]["cli"], REMEDIES[key][frontend])
+    return text

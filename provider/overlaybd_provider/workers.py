@@ -11,16 +11,26 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["env_choice", "module_process", "spare_core"]
+__all__ = ["env_choice", "live_children", "module_process", "spare_core"]
+
+_children: weakref.WeakSet[subprocess.Popen] = weakref.WeakSet()
 
 
 def module_process(module: str, args: Sequence[object] = (), **popen: Any) -> subprocess.Popen:
     """``python -m module args...`` with this interpreter and import path."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-    return subprocess.Popen([sys.executable, "-m", module, *map(str, args)], env=env, **popen)
+    proc = subprocess.Popen([sys.executable, "-m", module, *map(str, args)], env=env, **popen)
+    _children.add(proc)
+    return proc
+
+
+def live_children() -> list[subprocess.Popen]:
+    """Worker processes of this process still running (an operator's ``on_kill`` stops them)."""
+    return [proc for proc in list(_children) if proc.poll() is None]
 
 
 def spare_core() -> bool:

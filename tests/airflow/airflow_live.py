@@ -32,17 +32,122 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class AirflowRest:
+    """REST calls against a running Airflow 3 api-server (simple auth manager login)."""
+
+    url: str
+    user: str = ADMIN[0]
+    password: str = ADMIN[1]
+    _token: str | None = None
+
+    # -- REST ---------------------------------------------------------------------------------
+    def token(self) -> str:
+        if self._token is None:
+            r = requests.post(
+                f"{self.url}/auth/token", json={"username": self.user, "password": self.password}, timeout=10
+            )
+            r.raise_for_status()
+            self._token = r.json()["access_token"]
+        return self._token
+
+    def api(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        headers = {"Authorization": f"Bearer {self.token()}", **kwargs.pop("headers", {})}
+        return requests.request(method, f"{self.url}{path}", headers=headers, timeout=30, **kwargs)
+
+    def wait_dag(self, dag_id: str, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.api("GET", f"/api/v2/dags/{dag_id}").status_code == 200:
+                return
+            time.sleep(1)
+        raise RuntimeError(f"DAG {dag_id} not parsed after {timeout}s\n{self.logs()}")
+
+    def unpause(self, dag_id: str) -> None:
+        r = self.api("PATCH", f"/api/v2/dags/{dag_id}", json={"is_paused": False})
+        r.raise_for_status()
+
+    def trigger(self, dag_id: str, conf: dict[str, Any]) -> str:
+        r = self.api("POST", f"/api/v2/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": conf})
+        if r.status_code != 200:
+            raise RuntimeError(f"trigger {dag_id}: {r.status_code} {r.text}")
+        return r.json()["dag_run_id"]
+
+    def wait_run(self, dag_id: str, run_id: str, timeout: float = 240) -> str:
+        deadline = time.monotonic() + timeout
+        state = None
+        while time.monotonic() < deadline:
+            state = self.api("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}").json().get("state")
+            if state in ("success", "failed"):
+                return state
+            time.sleep(1)
+        raise RuntimeError(f"run {dag_id}/{run_id} still {state} after {timeout}s\n{self.logs()}")
+
+    def runs(self, dag_id: str) -> list[dict[str, Any]]:
+        return self.api("GET", f"/api/v2/dags/{dag_id}/dagRuns", params={"limit": 100}).json()["dag_runs"]
+
+    def task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
+        r = self.api("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances", params={"limit": 100})
+        return r.json()["task_instances"]
+
+    def xcom(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> Any:
+        r = self.api(
+            "GET",
+            f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/return_value",
+            params={"map_index": map_index, "deserialize": True},
+        )
+        r.raise_for_status()
+        return r.json()["value"]
+
+    def tries(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> list[dict[str, Any]]:
+        """Every try of a task instance (hostname, state, try_number), oldest first."""
+        path = f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}"
+        path += f"/{map_index}/tries" if map_index >= 0 else "/tries"
+        r = self.api("GET", path)
+        r.raise_for_status()
+        return sorted(r.json()["task_instances"], key=lambda t: t["try_number"])
+
+    def task_log(
+        self, dag_id: str, run_id: str, task_id: str, try_number: int = 1, map_index: int = -1
+    ) -> str:
+        r = self.api(
+            "GET",
+            f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/logs/{try_number}",
+            params={"map_index": map_index, "full_content": True},
+            headers={"Accept": "application/json"},
+        )
+        r.raise_for_status()
+        lines = r.json().get("content", [])
+        return "\n".join(line.get("event", "") if isinstance(line, dict) else str(line) for line in lines)
+
+
 @dataclass
-class LiveAirflow:
-    home: Path
+class RemoteAirflow(AirflowRest):
+    """An Airflow started by someone else (scripts/cluster.sh): its URL, login and log folder."""
+
+    url: str = ""
+    user: str = ADMIN[0]
+    password: str = ADMIN[1]
+    log_dir: Path | None = None
+    _token: str | None = None
+
+    def logs(self, tail: int = 4000) -> str:
+        if self.log_dir is None:
+            return ""
+        return "\n".join(f"--- {p.name} ---\n{p.read_text(errors='replace')[-tail:]}"
+                         for p in sorted(self.log_dir.glob("*.log")))
+
+
+@dataclass
+class LiveAirflow(AirflowRest):
+    home: Path = Path()
     extra_env: dict[str, str] = field(default_factory=dict)
     port: int = field(default_factory=free_port)
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     _token: str | None = None
+    url: str = ""
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+    def __post_init__(self) -> None:
+        self.url = f"http://127.0.0.1:{self.port}"
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
@@ -147,73 +252,3 @@ class LiveAirflow:
             time.sleep(0.5)
         raise RuntimeError(f"Airflow not healthy after {timeout}s\n{self.logs()}")
 
-    # -- REST ---------------------------------------------------------------------------------
-    def token(self) -> str:
-        if self._token is None:
-            r = requests.post(
-                f"{self.url}/auth/token", json={"username": ADMIN[0], "password": ADMIN[1]}, timeout=10
-            )
-            r.raise_for_status()
-            self._token = r.json()["access_token"]
-        return self._token
-
-    def api(self, method: str, path: str, **kwargs: Any) -> requests.Response:
-        headers = {"Authorization": f"Bearer {self.token()}", **kwargs.pop("headers", {})}
-        return requests.request(method, f"{self.url}{path}", headers=headers, timeout=30, **kwargs)
-
-    def wait_dag(self, dag_id: str, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.api("GET", f"/api/v2/dags/{dag_id}").status_code == 200:
-                return
-            time.sleep(1)
-        raise RuntimeError(f"DAG {dag_id} not parsed after {timeout}s\n{self.logs()}")
-
-    def unpause(self, dag_id: str) -> None:
-        r = self.api("PATCH", f"/api/v2/dags/{dag_id}", json={"is_paused": False})
-        r.raise_for_status()
-
-    def trigger(self, dag_id: str, conf: dict[str, Any]) -> str:
-        r = self.api("POST", f"/api/v2/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": conf})
-        if r.status_code != 200:
-            raise RuntimeError(f"trigger {dag_id}: {r.status_code} {r.text}")
-        return r.json()["dag_run_id"]
-
-    def wait_run(self, dag_id: str, run_id: str, timeout: float = 240) -> str:
-        deadline = time.monotonic() + timeout
-        state = None
-        while time.monotonic() < deadline:
-            state = self.api("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}").json().get("state")
-            if state in ("success", "failed"):
-                return state
-            time.sleep(1)
-        raise RuntimeError(f"run {dag_id}/{run_id} still {state} after {timeout}s\n{self.logs()}")
-
-    def runs(self, dag_id: str) -> list[dict[str, Any]]:
-        return self.api("GET", f"/api/v2/dags/{dag_id}/dagRuns", params={"limit": 100}).json()["dag_runs"]
-
-    def task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
-        r = self.api("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances", params={"limit": 100})
-        return r.json()["task_instances"]
-
-    def xcom(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> Any:
-        r = self.api(
-            "GET",
-            f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/return_value",
-            params={"map_index": map_index, "deserialize": True},
-        )
-        r.raise_for_status()
-        return r.json()["value"]
-
-    def task_log(
-        self, dag_id: str, run_id: str, task_id: str, try_number: int = 1, map_index: int = -1
-    ) -> str:
-        r = self.api(
-            "GET",
-            f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/logs/{try_number}",
-            params={"map_index": map_index, "full_content": True},
-            headers={"Accept": "application/json"},
-        )
-        r.raise_for_status()
-        lines = r.json().get("content", [])
-        return "\n".join(line.get("event", "") if isinstance(line, dict) else str(line) for line in lines)

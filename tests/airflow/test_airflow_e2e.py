@@ -52,7 +52,7 @@ def live(registry, source_image, tmp_path_factory) -> Iterator[LiveAirflow]:
                 {"conn_type": "sqlite", "host": str(home / "dedup.db")}
             ),
             "AIRFLOW_VAR_OVERLAYBD_IMAGES": json.dumps(images),
-            "AIRFLOW__OVERLAYBD__STAGING_BASE": str(home / "staging"),
+            "AIRFLOW__OVERLAYBD__WORK_DIR": str(home / "work"),
         },
     )
     try:
@@ -86,7 +86,8 @@ def test_trigger_convert_over_rest_and_check_the_image(live, registry, source_im
     summary = live.xcom("overlaybd_convert", run_id, "convert")
     assert summary["layers_built"] == 2 and summary["target"] == registry.ref("obd/e2e-app", "obd")
     log = live.task_log("overlaybd_convert", run_id, "convert")
-    assert "layer 1/2" in log and "MB/s" in log and "converted " in log
+    assert "convert: [linux/amd64] layer 1/2" in log and "/s)" in log and "converted " in log
+    assert log.count("layer 1/2") == 1  # one line per layer, not one per logger
     links = live.api(
         "GET", f"/api/v2/dags/overlaybd_convert/dagRuns/{run_id}/taskInstances/convert/links"
     ).json()["extra_links"]

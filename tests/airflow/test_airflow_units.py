@@ -1,4 +1,4 @@
-"""Small pieces of the Airflow layer: staging sync, image list, report summary, progress, DAG parsing."""
+"""Small pieces of the Airflow layer: image list, report summary, progress, errors, DAG parsing."""
 
 from __future__ import annotations
 
@@ -10,51 +10,28 @@ import time
 from pathlib import Path
 
 import pytest
-from overlaybd_provider.operators.base import as_platforms, staging_location
+from overlaybd_provider.operators.base import as_platforms
 from overlaybd_provider.operators.image_list import ImageListError, parse_image_list
 from overlaybd_provider.operators.links import image_link
-from overlaybd_provider.operators.progress import ProgressLog, rate
-from overlaybd_provider.operators.staging import StagingArea, staging_key
-from overlaybd_provider.operators.summary import conversion_row, seconds_saved, summarize
+from overlaybd_provider.operators.progress import ProgressLog
+from overlaybd_provider.operators.summary import conversion_row, summarize
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def test_object_storage_staging_moves_work_between_workers(tmp_path, monkeypatch):
-    """Stage 1 on worker A writes; stage 2 on worker B (other local cache) sees it and adds."""
-    store = tmp_path / "bucket"
-    area = StagingArea.for_task(f"file://{store}", staging_key("dag", "run:1", "0-oci_src"))
-    assert area.remote and area.location.startswith(f"file://{store}/dag/run_1/")
-    monkeypatch.setenv("AIRFLOW__OVERLAYBD__STAGING_CACHE", str(tmp_path / "worker-a"))
-    with area.stage() as work_a:
-        (work_a / "layers" / "c1").mkdir(parents=True)
-        (work_a / "layers" / "c1" / "layer.lsmt").write_bytes(b"L" * 100_000)
-        (work_a / "plan.json").write_text("{}")
-    assert (store / "dag" / "run_1" / "0-oci_src" / "layers" / "c1" / "layer.lsmt").stat().st_size == 100_000
-    assert not work_a.exists()  # the worker's copy is dropped once stored
-    monkeypatch.setenv("AIRFLOW__OVERLAYBD__STAGING_CACHE", str(tmp_path / "worker-b"))
-    with area.stage() as work_b:
-        assert work_b != work_a
-        assert (work_b / "layers" / "c1" / "layer.lsmt").read_bytes() == b"L" * 100_000
-        (work_b / "layers" / "c1" / "overlaybd.commit").write_bytes(b"Z" * 10)
-        assert area.upload(work_b) == 1  # only the new file; the others are there with the same size
-    area.cleanup()
-    assert not (store / "dag" / "run_1" / "0-oci_src").exists() and not work_b.exists()
-
-
-def test_local_staging_is_used_in_place(tmp_path):
-    area = StagingArea.for_task(str(tmp_path / "base"), "d/r/x")
-    with area.stage() as work:
-        assert work == tmp_path / "base" / "d" / "r" / "x"
 
 
 def test_image_list_yaml_json_and_errors():
     text = (REPO / "dags" / "overlaybd_images.yaml").read_text()
     images = parse_image_list(text)
-    assert images and all({"source", "destination", "platforms"} == set(i) for i in images)
-    assert parse_image_list(
-        '[{"source": "a/b:1", "destination": "c/d:1", "platforms": "linux/arm64,linux/amd64"}]'
-    ) == [{"source": "a/b:1", "destination": "c/d:1", "platforms": ["linux/amd64", "linux/arm64"]}]
+    assert images and all({"source", "destination", "platforms"} <= set(i) for i in images)
+    parsed = parse_image_list(
+        '[{"source": "a/b:1", "destination": "c/d:1", "platforms": "linux/arm64,linux/amd64"}]',
+        defaults={"algorithm": "zstd", "src_registry_conn_id": "run_default"},
+    )
+    assert parsed[0]["platforms"] == ["linux/amd64", "linux/arm64"]
+    assert parsed[0]["algorithm"] == "zstd" and parsed[0]["src_registry_conn_id"] == "run_default"
+    own = parse_image_list("- {source: a, destination: b, src_registry_conn_id: private, block_size_kb: 16}\n",
+                           defaults={"src_registry_conn_id": "run_default", "block_size_kb": 4})
+    assert own[0]["src_registry_conn_id"] == "private" and own[0]["block_size_kb"] == 16
     with pytest.raises(ImageListError, match="entry 0: source and destination"):
         parse_image_list("- source: a/b:1\n")
     with pytest.raises(ImageListError, match="unknown key"):
@@ -63,16 +40,13 @@ def test_image_list_yaml_json_and_errors():
         parse_image_list("- {source: a, destination: b}\n- {source: c, destination: b}\n")
     with pytest.raises(ImageListError, match="not valid YAML"):
         parse_image_list("- [unclosed")
+    with pytest.raises(ImageListError, match=r"entry 0 \(a\): block_size_kb 64 is not offered"):
+        parse_image_list("- {source: a, destination: b, block_size_kb: 64}\n")
 
 
-def test_platforms_staging_and_links():
+def test_platforms_and_links():
     assert as_platforms("linux/arm64, linux/amd64\nlinux/amd64") == ["linux/amd64", "linux/arm64"]
     assert as_platforms(None) == as_platforms("") == as_platforms([]) == []
-    assert staging_location({"staging": "/x", "image": "i"}) == "/x"
-    assert staging_location("s3://b/p") == "s3://b/p" and staging_location(None) is None
-    assert image_link("127.0.0.1:5000/obd/app:1", "sha256:" + "a" * 64, plain_http=True) == (
-        "http://127.0.0.1:5000/v2/obd/app/manifests/sha256:" + "a" * 64
-    )
     assert image_link("oci:/tmp/layout:tag", None).startswith("file:///tmp/layout")
 
 
@@ -84,65 +58,52 @@ REPORT = {
             "platform": "linux/amd64",
             "cached": False,
             "layers": [
-                {"chain_id": "c1", "dedup": "hit", "size": 4000, "bytes_in": 0, "seconds": 0.0},
-                {"chain_id": "c2", "dedup": "miss", "size": 9000, "bytes_in": 20000, "seconds": 2.0},
+                {"chain_id": "c1", "dedup": "hit", "size": 4000, "source_size": 3000, "bytes_in": 0,
+                 "seconds": 0.0, "cost": 1.5},
+                {"chain_id": "c2", "dedup": "miss", "size": 9000, "source_size": 6000, "bytes_in": 6000,
+                 "seconds": 2.0, "cost": 0.0},
+                {"chain_id": "c3", "dedup": "wait", "size": 100, "source_size": 50, "bytes_in": 0,
+                 "seconds": 0.0, "cost": 0.25},
             ],
         },
-        {"platform": "linux/arm64", "cached": True, "layers": []},
+        {"platform": "linux/arm64", "cached": True, "layers": [
+            {"chain_id": "c9", "dedup": "cache", "size": None, "source_size": 1000, "cost": 7.0}]},
     ],
 }
-PLANNED = [
-    {"platform": "linux/amd64", "chain_id": "c1", "source_size": 3000, "cached": False},
-    {"platform": "linux/amd64", "chain_id": "c2", "source_size": 6000, "cached": False},
-    {"platform": "linux/arm64", "chain_id": "c9", "source_size": 1000, "cached": True},
-]
 
 
-def test_summary_counts_reuse_including_manifest_cache_layers():
-    s = summarize(REPORT, PLANNED)
-    assert (s["layers_total"], s["layers_built"], s["layers_reused"]) == (3, 1, 2)
-    assert s["dedup"] == {"cache": 1, "hit": 1, "miss": 1}
+def test_summary_counts_reuse_and_saves_only_recorded_costs():
+    s = summarize(REPORT)
+    assert (s["layers_total"], s["layers_built"], s["layers_reused"]) == (4, 1, 3)
+    assert s["dedup"] == {"cache": 1, "hit": 1, "miss": 1, "wait": 1}
     assert s["manifests_cached"] == 1 and s["platforms"] == ["linux/amd64", "linux/arm64"]
-    assert s["source_bytes"] == 10000 and s["reused_bytes"] == 4000 + 1000
-    assert seconds_saved(s) == pytest.approx(4000 / (6000 / 2.0), abs=1e-3)
+    assert s["source_bytes"] == 10050 and s["built_source_bytes"] == 6000 and s["reused_bytes"] == 5100
+    assert s["seconds_saved"] == pytest.approx(1.5 + 0.25 + 7.0)  # recorded costs, nothing estimated
     row = conversion_row(s, run_key="k", recorded_at="2026-01-01T00:00:00+00:00", seconds=3.25)
-    assert row.seconds == 3.25 and row.layers_reused == 2 and not row.manifest_cached
-    assert row.platforms == "linux/amd64,linux/arm64" and row.details == {
-        "dedup": {"cache": 1, "hit": 1, "miss": 1}
-    }
-    cached_only = summarize({**REPORT, "manifests": [REPORT["manifests"][1]]}, PLANNED[2:])
+    assert row.seconds == 3.25 and row.layers_reused == 3 and not row.manifest_cached
+    assert row.seconds_saved == pytest.approx(8.75)
+    assert row.platforms == "linux/amd64,linux/arm64"
+    cached_only = summarize({**REPORT, "manifests": [REPORT["manifests"][1]]})
     assert conversion_row(cached_only, run_key="k", recorded_at="x").manifest_cached
-    assert seconds_saved(cached_only, history_rate=500.0) == 2.0  # 1000 bytes at 500 B/s
+    assert cached_only["seconds_saved"] == 7.0
 
 
-def test_progress_lines_show_layer_position_sizes_and_speed(caplog):
+def test_progress_is_one_line_per_layer_in_binary_units(caplog):
     logger = logging.getLogger("test.progress")
     progress = ProgressLog(logger, "build")
+    layer = {"event": "layer", "platform": "linux/amd64", "index": 1, "count": 3,
+             "chain_id": "sha256:0123456789abcdef"}
     with caplog.at_level(logging.INFO, logger="test.progress"):
-        progress(
-            {
-                "event": "layer",
-                "platform": "linux/amd64",
-                "index": 1,
-                "count": 3,
-                "chain_id": "sha256:0123456789abcdef",
-                "what": "built",
-                "bytes_in": 12_300_000,
-                "seconds": 0.8,
-            }
-        )
-        progress(
-            {
-                "event": "pushed",
-                "target": "r/x:1",
-                "digest": "sha256:d",
-                "blobs_pushed": 2,
-                "blobs_existing": 1,
-            }
-        )
-    assert "build: layer 2/3 linux/amd64 0123456789ab built: 12.3 MB in 0.80 s (15.4 MB/s)" in caplog.text
-    assert "2 blob(s) pushed, 1 already present" in caplog.text
-    assert rate(0, 0) == "0.0 MB in 0.00 s (0.0 MB/s)"
+        progress({**layer, "what": "downloaded", "bytes_in": 3 << 20, "seconds": 0.1})
+        progress({**layer, "what": "built", "bytes_in": 12 << 20, "bytes_out": 5 << 19, "seconds": 0.8})
+        progress({**layer, "what": "reused", "dedup": "mount"})
+        progress({**layer, "index": 0, "what": "built", "bytes_in": 700, "bytes_out": 300, "seconds": 0.01})
+    lines = caplog.text.strip().splitlines()
+    assert len(lines) == 3  # the download is counted, not printed
+    assert "build: [linux/amd64] layer 2/3 0123456789ab: built 12.0 MiB → 2.5 MiB in 0.80 s (15.0 MiB/s)" in lines[0]
+    assert lines[1].endswith("layer 2/3 0123456789ab: reused (mount)")
+    assert "built 700 B → 300 B in 0.01 s" in lines[2]  # small layers are not "0.0 MB"
+    assert progress.fetched() == "1 download(s), 3.0 MiB"
 
 
 def test_dag_files_parse_fast_without_database_or_engine_work(tmp_path):
@@ -174,7 +135,7 @@ def test_dag_structure_params_and_limits():
     assert convert.schedule is None and type(convert.timetable).__name__ == "NullTimetable"
     params = convert.params
     assert params.get_param("algorithm").schema["enum"] == ["lz4", "zstd"]
-    assert params.get_param("block_size_kb").schema["enum"] == [4, 8, 16, 32, 64]
+    assert params.get_param("block_size_kb").schema["enum"] == [4, 8, 16, 32]
     assert {
         "source",
         "destination",
@@ -192,11 +153,13 @@ def test_dag_structure_params_and_limits():
         "list_images",
         "convert.pull",
         "convert.build",
-        "convert.compress",
         "convert.push",
         "convert.record",
     ]
     assert tasks["convert.build"].max_active_tis_per_dagrun == 2
+    assert tasks["convert.build"].queue == "overlaybd" and tasks["convert.pull"].queue == "default"
+    assert all(t.retry_policy is not None for t in nightly.tasks if t.task_id.startswith("convert."))
     assert all(tasks[f"convert.{t}"].map_index_template == "{{ image }}" for t in ("pull", "build", "record"))
     assert tasks["convert.record"].upstream_task_ids == {"convert.push"}
-    assert set(tasks["convert.pull"].template_fields) >= {"source", "destination", "platforms", "staging"}
+    assert set(tasks["convert.pull"].template_fields) >= {"source", "destination", "platforms", "block_size_kb"}
+    assert nightly.doc_md and "On call" in nightly.doc_md

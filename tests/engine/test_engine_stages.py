@@ -174,7 +174,7 @@ def test_stage_order_errors_and_a_layout_that_is_not_here(registry, registry_rep
 
     moved = tmp_path / "elsewhere"
     shutil.move(out, moved)  # the layout is on "another machine"
-    with pytest.raises(StageError, match="this OCI layout is not on .*every stage of its conversion must run"):
+    with pytest.raises(StageError, match=r"this OCI layout is not on .*every stage of its conversion must run"):
         stages.build(pulled, src_registry=registry.options())
     shutil.move(moved, out)
 

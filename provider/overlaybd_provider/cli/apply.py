@@ -24,8 +24,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--vsize", type=int, default=64, metavar="GB",
                    help="virtual device size in GiB when formatting (default 64)")
     p.add_argument("--algorithm", choices=("lz4", "zstd"), default="lz4", help="ZFile compression")
-    p.add_argument("--bs", type=int, default=4, choices=(4, 8, 16, 32, 64), metavar="KB",
-                   help="ZFile block size in KiB (4, 8, 16, 32, 64; default 4)")
+    p.add_argument("--bs", type=int, default=4, metavar="KB",
+                   help="ZFile block size in KiB: 4, 8, 16 or 32 (default 4)")
     p.add_argument("--raw", action="store_true", help="write the sealed LSMT without ZFile/tar")
     p.add_argument("--uuid", help="LSMT uuid of the new layer")
     p.add_argument("--parent-uuid", help="LSMT parent uuid")
@@ -37,8 +37,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from overlaybd_provider.engine.options import check_block_size
     from overlaybd_provider.ext4.apply import apply_layer
 
+    if not args.raw:
+        check_block_size(args.bs)
     res = apply_layer(args.lower, args.layer, args.output, vsize_gb=args.vsize, algorithm=args.algorithm,
                       block_size_kb=args.bs, raw=args.raw, uuid=args.uuid, parent_uuid=args.parent_uuid,
                       mkfs_options=args.mkfs_options)

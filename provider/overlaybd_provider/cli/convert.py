@@ -12,7 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
-from overlaybd_provider.engine.options import ALGORITHMS, BLOCK_SIZES_KB, ConvertOptions, parse_fstype
+from overlaybd_provider.engine.options import ALGORITHMS, ConvertOptions, parse_fstype
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("target", metavar="DST", help="target image (NAME[:TAG] or oci:DIR[:TAG])")
     fmt = p.add_argument_group("layer format")
     fmt.add_argument("--algorithm", choices=ALGORITHMS, default="lz4", help="ZFile compression (default lz4)")
-    fmt.add_argument("--bs", type=int, choices=BLOCK_SIZES_KB, default=4, metavar="KB",
-                     help="ZFile block size in KiB: 4, 8, 16, 32 or 64 (default 4)")
+    fmt.add_argument("--bs", type=int, default=4, metavar="KB",
+                     help="ZFile block size in KiB: 4, 8, 16 or 32 (default 4)")
     fmt.add_argument("--vsize", type=int, default=64, metavar="GB", help="virtual block device size (default 64)")
     fmt.add_argument("--fstype", default="ext4", metavar="TYPE[;MOUNT_OPTS[;MKFS_OPTS]]",
                      help="filesystem (ext4 only); mkfs options -N, -i, -m are supported")

@@ -26,8 +26,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--decompress", "-x", action="store_true", help="write the plain LSMT instead")
     p.add_argument("--algorithm", choices=_ALGORITHMS, default="lz4", help="compressor (default lz4)")
     p.add_argument(
-        "--bs", type=int, choices=(4, 8, 16, 32, 64), default=4, metavar="KB",
-        help="block size in KiB: 4, 8, 16, 32 or 64 (default 4)",
+        "--bs", type=int, default=4, metavar="KB",
+        help="block size in KiB: 4, 8, 16 or 32 (default 4)",
     )
     p.add_argument("--level", type=int, default=None, help="zstd level (default 3, like upstream)")
     p.set_defaults(func=run)
@@ -38,6 +38,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.level is not None and (args.algorithm != "zstd" or not 1 <= args.level <= 22):
         raise OverlaybdError(f"--level {args.level}: only zstd levels 1..22 are supported")
+    if not args.decompress:
+        from overlaybd_provider.engine.options import check_block_size
+
+        check_block_size(args.bs)
     with open_layer(args.src) as layer, atomic_output(args.dst) as out:
         source = layer.lsmt.source
         if args.decompress:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,12 +20,16 @@ __all__ = [
     "ConvertOptions",
     "FsType",
     "OptionsError",
+    "check_block_size",
     "parse_fstype",
     "parse_platforms",
 ]
 
 ALGORITHMS = ("lz4", "zstd")
-BLOCK_SIZES_KB = (4, 8, 16, 32, 64)
+#: ZFile block sizes we write. 64 KiB is not offered: a block of incompressible data then stores
+#: more than 65 536 bytes, which overlaybd's reader cannot read (its buffer is one block); it is
+#: refused before any work rather than after the whole conversion.
+BLOCK_SIZES_KB = (4, 8, 16, 32)
 # Version of our layer output format; bump when the bytes written for the same input change, or
 # when rows written by earlier versions must no longer be trusted. History:
 #   1 - first release.
@@ -37,7 +42,18 @@ _MKFS_FLAGS = {"-N": "inodes_count", "-i": "inode_ratio", "-m": "reserved_percen
 
 
 class OptionsError(OverlaybdError):
-    """An invalid conversion option."""
+    """An invalid conversion option. Messages name the CLI flag; :meth:`for_frontend` names the
+    operator argument / DAG param instead (``block_size_kb``, not ``--bs``)."""
+
+    FIELDS = {"--algorithm": "algorithm", "--bs": "block_size_kb", "--vsize": "vsize_gb", "--fstype": "fstype",
+              "--platform": "platforms", "--concurrency-limit": "concurrency_limit"}
+
+    def for_frontend(self, frontend: str) -> str:
+        text = str(self)
+        if frontend == "airflow":
+            for flag, field_name in self.FIELDS.items():
+                text = re.sub(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", field_name, text)
+        return text
 
 
 @dataclass(frozen=True)
@@ -89,6 +105,17 @@ def _parse_mkfs(text: str) -> tuple[tuple[str, int], ...]:
         result[_MKFS_FLAGS[flag]] = number
         i += 1
     return tuple(sorted(result.items()))
+
+
+def check_block_size(kb: int, flag: str = "--bs") -> None:
+    """Refuse block sizes we do not write, before any work (64 KiB: see :data:`BLOCK_SIZES_KB`)."""
+    if kb == 64:
+        raise OptionsError(
+            f"{flag} 64 is not offered: a 64 KiB block of incompressible data does not fit overlaybd's "
+            f"65536-byte read buffer, so upstream's reader could not read the image; use {flag} 32 or less"
+        )
+    if kb not in BLOCK_SIZES_KB:
+        raise OptionsError(f"{flag} {kb}: expected one of {', '.join(map(str, BLOCK_SIZES_KB))} (KiB)")
 
 
 def parse_fstype(text: str) -> FsType:
@@ -154,8 +181,7 @@ class ConvertOptions:
     def __post_init__(self) -> None:
         if self.algorithm not in ALGORITHMS:
             raise OptionsError(f"--algorithm {self.algorithm!r}: expected one of {', '.join(ALGORITHMS)}")
-        if self.block_size_kb not in BLOCK_SIZES_KB:
-            raise OptionsError(f"--bs {self.block_size_kb}: expected one of {BLOCK_SIZES_KB}")
+        check_block_size(self.block_size_kb)
         if not 1 <= self.vsize_gb <= 16383:
             raise OptionsError(f"--vsize {self.vsize_gb}: expected 1..16383 GiB")
         if self.concurrency_limit < 1:

@@ -10,7 +10,8 @@ from typing import Any
 
 from overlaybd_provider.engine.plan.model import ImagePlan, LayerPlan, Plan
 
-__all__ = ["ConvertReport", "LayerReport", "ManifestReport", "Progress", "build_report", "emit"]
+__all__ = ["ConvertReport", "LayerReport", "ManifestReport", "Progress", "build_report", "describe_layer_event", "emit",
+           "human_bytes", "human_seconds"]
 
 log = logging.getLogger("overlaybd_provider.engine.progress")
 
@@ -23,6 +24,7 @@ class LayerReport:
     index: int
     chain_id: str
     source_digest: str
+    source_size: int
     digest: str | None
     size: int | None
     dedup: str
@@ -39,8 +41,7 @@ class ManifestReport:
     digest: str | None
     size: int | None
     cached: bool
-    layers: list[LayerReport] = field(default_factory=list)
-    cost: float = 0.0  # manifest-cache hit: recorded build seconds of all its layers
+    layers: list[LayerReport] = field(default_factory=list)  # a cached manifest's: dedup "cache"
 
 
 @dataclass
@@ -63,11 +64,14 @@ class ConvertReport:
         return json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n"
 
 
-def _layer_report(layer: LayerPlan) -> LayerReport:
+def _layer_report(layer: LayerPlan, *, cached: bool = False) -> LayerReport:
+    """A layer of a manifest-cache hit is reported as ``cache`` (its blob digest is in the cached
+    manifest, not looked at)."""
     return LayerReport(
-        index=layer.index, chain_id=layer.chain_id, source_digest=layer.source_digest, digest=layer.digest,
-        size=layer.size, dedup=layer.dedup, bytes_in=layer.bytes_in, bytes_out=layer.bytes_out,
-        seconds=round(layer.seconds, 3), cost=layer.cost,
+        index=layer.index, chain_id=layer.chain_id, source_digest=layer.source_digest,
+        source_size=layer.source_size, digest=None if cached else layer.digest,
+        size=None if cached else layer.size, dedup="cache" if cached else layer.dedup,
+        bytes_in=layer.bytes_in, bytes_out=layer.bytes_out, seconds=round(layer.seconds, 3), cost=layer.cost,
     )
 
 
@@ -83,8 +87,7 @@ def build_report(plan: Plan, pushed: dict[str, Any] | None, seconds: float = 0.0
             ManifestReport(
                 platform=image.platform, source_digest=image.source_digest, digest=done.get("digest"),
                 size=done.get("size"), cached=bool(image.cached),
-                layers=[] if image.cached else [_layer_report(layer) for layer in image.layers],
-                cost=round(sum(layer.cost for layer in image.layers), 3) if image.cached else 0.0,
+                layers=[_layer_report(layer, cached=bool(image.cached)) for layer in image.layers],
             )
         )
     return ConvertReport(
@@ -97,21 +100,58 @@ def build_report(plan: Plan, pushed: dict[str, Any] | None, seconds: float = 0.0
     )
 
 
-def _mb(n: float) -> str:
-    return f"{n / 1e6:.1f} MB"
+def human_bytes(n: float) -> str:
+    """``512 B``, ``3.4 KiB``, ``12.0 MiB``, ``1.25 GiB``."""
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if abs(n) >= size:
+            value = n / size
+            return f"{value:.2f} {unit}" if unit == "GiB" else f"{value:.1f} {unit}"
+    return f"{int(n)} B"
+
+
+def human_seconds(seconds: float) -> str:
+    """``0.42 s``, ``12.3 s``, ``3 min 05 s``, ``2 h 10 min``."""
+    if seconds < 10:
+        return f"{seconds:.2f} s"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, sec = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {sec:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+def describe_layer_event(event: dict[str, Any]) -> str:
+    """The one line a layer event gets: ``layer 2/3 3f2a1b2c4d5e: built 2.1 MiB → 1.2 MiB in
+    0.40 s (5.2 MiB/s)`` (reused: ``reused (mount)``)."""
+    what = str(event.get("what", ""))
+    head = f"layer {int(event.get('index', 0)) + 1}/{event.get('count', '?')} {str(event.get('chain_id', ''))[7:19]}"
+    if what == "reused":
+        return f"{head}: reused ({event.get('dedup')})"
+    bytes_in, bytes_out = int(event.get("bytes_in") or 0), int(event.get("bytes_out") or 0)
+    seconds = float(event.get("seconds") or 0.0)
+    sizes = ""
+    if bytes_in and bytes_out:
+        sizes = f" {human_bytes(bytes_in)} → {human_bytes(bytes_out)}"
+    elif bytes_in or bytes_out:
+        sizes = f" {human_bytes(bytes_in or bytes_out)}"
+    timing = ""
+    if seconds > 0:
+        timing = f" in {human_seconds(seconds)}"
+        if bytes_in:
+            timing += f" ({human_bytes(bytes_in / seconds)}/s)"
+    return f"{head}: {what}{sizes}{timing}"
 
 
 def emit(progress: Progress | None, image: ImagePlan, layer: LayerPlan, what: str, *, bytes_in: int = 0,
          bytes_out: int = 0, seconds: float = 0.0) -> None:
-    """One progress line on stderr (via logging) and the same facts to ``progress``."""
-    n = len(image.layers)
-    speed = f", {bytes_in / seconds / 1e6:.1f} MB/s" if seconds > 0 and bytes_in else ""
-    parts = [f"{_mb(bytes_in)} in"] if bytes_in else []
-    parts += [f"{_mb(bytes_out)} out"] if bytes_out else []
-    sizes = f" {', '.join(parts)}" if parts else ""
-    log.info("[%s] layer %d/%d %s %s:%s%s%s", image.label, layer.index + 1, n, layer.chain_id[7:19],
-             layer.dedup if layer.action == "reuse" else "miss", f" {what}", sizes, speed)
+    """A layer event: to ``progress`` when given (the caller logs it its way), else one line on
+    the ``overlaybd_provider.engine.progress`` logger (the CLI's stderr) — never both."""
+    event = {"event": "layer", "platform": image.platform, "index": layer.index, "count": len(image.layers),
+             "chain_id": layer.chain_id, "dedup": layer.dedup, "what": what, "bytes_in": bytes_in,
+             "bytes_out": bytes_out, "seconds": seconds}
     if progress is not None:
-        progress({"event": "layer", "platform": image.platform, "index": layer.index, "count": n,
-                  "chain_id": layer.chain_id, "dedup": layer.dedup, "what": what, "bytes_in": bytes_in,
-                  "bytes_out": bytes_out, "seconds": seconds})
+        progress(event)
+    else:
+        log.info("[%s] %s", image.label, describe_layer_event(event))

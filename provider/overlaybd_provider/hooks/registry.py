@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import re
 import shutil
 import tempfile
 from functools import cached_property
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from airflow.sdk import BaseHook
-from airflow.sdk.exceptions import AirflowException
+from airflow.sdk.exceptions import AirflowException, AirflowNotFoundException
 
 log = logging.getLogger(__name__)
 
@@ -178,3 +179,38 @@ class OciRegistryHook(BaseHook):
         except Exception as exc:
             return False, str(exc)
         return True, f"Connected to {self.registry}"
+
+
+def conn_id_for_registry(registry: str) -> str:
+    """The connection id looked up for a registry when none is named:
+    ``oci_registry_`` + the host[:port] with every run of other characters as ``_``
+    (``registry.example.com:5000`` → ``oci_registry_registry_example_com_5000``)."""
+    return "oci_registry_" + re.sub(r"[^a-z0-9]+", "_", registry.lower()).strip("_")
+
+
+def hook_for_reference(reference: str, conn_id: str | None = None) -> OciRegistryHook | None:
+    """The registry connection to use for ``reference``: the one named, else — one connection per
+    registry, the way docker's config works — the connection named after its registry host
+    (:func:`conn_id_for_registry`), else ``oci_registry_default`` when it is for that registry
+    (or names no host). None: anonymous, or an ``oci:`` layout."""
+    if conn_id:
+        return OciRegistryHook(oci_registry_conn_id=conn_id)
+    from overlaybd_provider.oci.reference import parse_reference
+
+    try:
+        ref = parse_reference(reference)
+    except Exception:
+        return None  # the engine reports a bad reference with its own clear line
+    if ref.is_layout:
+        return None
+    for candidate in (conn_id_for_registry(ref.registry), OciRegistryHook.default_conn_name):
+        hook = OciRegistryHook(oci_registry_conn_id=candidate)
+        try:
+            registry = hook.registry
+        except AirflowNotFoundException:
+            continue
+        if candidate == OciRegistryHook.default_conn_name and registry not in (None, ref.registry):
+            continue
+        log.info("registry %s: using connection %s", ref.registry, candidate)
+        return hook
+    return None

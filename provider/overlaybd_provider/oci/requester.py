@@ -18,6 +18,7 @@ from urllib.parse import quote, urlencode
 
 import requests
 
+from overlaybd_provider.errors import REMEDIES
 from overlaybd_provider.oci.auth import Authenticator
 from overlaybd_provider.oci.credentials import lookup_credentials
 from overlaybd_provider.oci.errors import (
@@ -258,15 +259,19 @@ def _gave_up(state: RetryState) -> str:
 
 def _tls_error(exc: BaseException, endpoint: Endpoint, method: str, url: str) -> TLSError:
     text = str(exc)
+    remedy = None
     if "CERTIFICATE_VERIFY_FAILED" in text:
-        hint = "certificate not trusted: pass --tlscacert, --cert-dir or --hosts-dir (or -k to skip verification)"
+        hint, remedy = f"certificate not trusted: {REMEDIES['tls_trust']['cli']}", "tls_trust"
     elif "certificate required" in text.lower() or "CERTIFICATE_REQUIRED" in text:
-        hint = "the registry requires a client certificate: pass --tlscert/--tlskey or --cert-dir"
+        hint = f"the registry requires a client certificate: {REMEDIES['client_cert']['cli']}"
+        remedy = "client_cert"
     elif "WRONG_VERSION_NUMBER" in text:
-        hint = "the registry does not speak TLS here: use --plain-http or an http:// hosts.toml server"
+        hint, remedy = f"the registry does not speak TLS here: {REMEDIES['plain_http']['cli']}", "plain_http"
     else:
         hint = _short(exc)
-    return TLSError(f"TLS handshake with {endpoint.host} failed: {hint}", method=method, url=redact_url(url))
+    error = TLSError(f"TLS handshake with {endpoint.host} failed: {hint}", method=method, url=redact_url(url))
+    error.remedy = remedy
+    return error
 
 
 def _short(exc: BaseException) -> str:

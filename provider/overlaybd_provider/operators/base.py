@@ -1,10 +1,13 @@
-"""What every overlaybd operator shares: options → ``ConvertOptions``, connections → registry
-options and dedup store, the staging area of the conversion, and engine errors → Airflow errors.
+"""What every overlaybd operator shares: options validated when the DAG is parsed, connections
+(named, or found by registry host), the dedup store, the worker-local work directory and blob
+cache, one-line errors that fail at once unless a retry can help, and ``on_kill``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
@@ -12,18 +15,34 @@ from typing import Any
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException
 
-from overlaybd_provider.errors import OverlaybdError
 from overlaybd_provider.hooks.dedup import OverlaybdDedupHook
-from overlaybd_provider.hooks.registry import OciRegistryHook
+from overlaybd_provider.hooks.registry import hook_for_reference
 from overlaybd_provider.malloc import keep_large_buffers
-from overlaybd_provider.operators.staging import StagingArea, staging_key
+from overlaybd_provider.operators import settings
+from overlaybd_provider.operators.failures import OverlaybdRetryPolicy, engine_errors
 from overlaybd_provider.operators.summary import conversion_row
 
 OPTION_FIELDS = ("algorithm", "block_size_kb", "vsize_gb", "fstype", "oci", "referrer")
+CONNECTION_FIELDS = ("src_registry_conn_id", "dst_registry_conn_id", "dedup_conn_id")
 
 
 def _blank(value: Any) -> bool:
     return value is None or (isinstance(value, str) and not value.strip())
+
+
+def is_template(value: Any) -> bool:
+    return isinstance(value, str) and ("{{" in value or "{%" in value)
+
+
+def is_known(value: Any) -> bool:
+    """A value already final when the DAG is parsed (not a template, XCom or mapped argument)."""
+    if value is None or isinstance(value, (bool, int, float)):
+        return True
+    if isinstance(value, str):
+        return not is_template(value)
+    if isinstance(value, (list, tuple)):
+        return all(isinstance(v, str) and not is_template(v) for v in value)
+    return False
 
 
 def as_platforms(value: Any) -> list[str]:
@@ -39,21 +58,30 @@ def as_platforms(value: Any) -> list[str]:
     return sorted({i.strip() for i in items if i.strip()})
 
 
-def staging_location(staging: Any) -> str | None:
-    """``staging`` may be a location string or the previous stage's result dict (``op.output``)."""
-    if _blank(staging):
-        return None
-    if isinstance(staging, Mapping):
-        if "staging" not in staging:
-            raise AirflowException(
-                f"staging: the previous stage's result has no 'staging' key: {sorted(staging)}"
-            )
-        return str(staging["staging"])
-    return str(staging)
+def as_bool(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in {"1", "true", "yes", "on"}
+    return bool(value)
 
 
 def utc_now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def convert_options(*, algorithm: Any, block_size_kb: Any, vsize_gb: Any, fstype: Any, oci: Any, referrer: Any,
+                    platforms: Any = None):
+    """``ConvertOptions`` from operator arguments (strings from templates included); raises the
+    engine's ``OptionsError`` naming the argument (``block_size_kb``), not the CLI flag."""
+    from overlaybd_provider.engine.options import ConvertOptions, OptionsError
+
+    try:
+        return ConvertOptions(
+            algorithm=str(algorithm), block_size_kb=int(block_size_kb), vsize_gb=int(vsize_gb),
+            fstype=str(fstype or "ext4"), oci=as_bool(oci), referrer=as_bool(referrer),
+            platforms=tuple(as_platforms(platforms)),
+        )
+    except (TypeError, ValueError) as exc:
+        raise OptionsError(f"invalid conversion option: {exc}") from None
 
 
 class OverlaybdBaseOperator(BaseOperator):
@@ -62,15 +90,33 @@ class OverlaybdBaseOperator(BaseOperator):
     ui_color = "#e7f0fd"
     ui_fgcolor = "#1d2430"
 
-    # -- connections --------------------------------------------------------------------------
-    @staticmethod
-    def registry_options(conn_id: str | None):
-        """``RegistryOptions`` of an ``oci_registry`` connection; defaults (anonymous) without one."""
-        if _blank(conn_id):
-            from overlaybd_provider.oci.options import RegistryOptions
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("retry_policy", OverlaybdRetryPolicy())
+        super().__init__(**kwargs)
 
-            return RegistryOptions()
-        return OciRegistryHook(oci_registry_conn_id=conn_id).registry_options
+    # -- validation at parse time ----------------------------------------------------------------
+    def validate_options(self) -> None:
+        """Check the conversion options now (DAG parse time) unless some come from templates: a DAG
+        author sees ``block_size_kb=3`` fail when the DAG is loaded, not at 2 a.m."""
+        from overlaybd_provider.engine.options import OptionsError
+        from overlaybd_provider.errors import message_for
+
+        values = {name: getattr(self, name) for name in (*OPTION_FIELDS, "platforms") if hasattr(self, name)}
+        if not all(is_known(v) for v in values.values()):
+            return  # decided at run time (templates, mapped arguments): execute() validates then
+        try:
+            convert_options(**values)
+        except OptionsError as exc:
+            raise ValueError(f"{self.task_id}: {message_for(exc, 'airflow')}") from None
+
+    # -- connections ------------------------------------------------------------------------------
+    def registry_options(self, reference: str, conn_id: str | None):
+        """``RegistryOptions`` for ``reference``: the named ``oci_registry`` connection, else the one
+        named after its registry host (``oci_registry_<host>``), else anonymous."""
+        from overlaybd_provider.oci.options import RegistryOptions
+
+        hook = hook_for_reference(reference, None if _blank(conn_id) else str(conn_id))
+        return hook.registry_options if hook is not None else RegistryOptions()
 
     @staticmethod
     def dedup_hook(conn_id: str | None) -> OverlaybdDedupHook:
@@ -90,18 +136,35 @@ class OverlaybdBaseOperator(BaseOperator):
         finally:
             conn.close()
 
-    # -- staging ------------------------------------------------------------------------------
-    @staticmethod
-    def conversion_key(context: Mapping[str, Any], label: str) -> str:
-        """``dag/run/label[-map index]``: the same for every stage of one (mapped) conversion."""
-        ti = context.get("ti")
-        dag_id = getattr(ti, "dag_id", None) or "manual"
-        run_id = getattr(ti, "run_id", None) or "manual"
-        map_index = getattr(ti, "map_index", -1)
-        if isinstance(map_index, int) and map_index >= 0:
-            label = f"{map_index}-{label}"
-        return staging_key(dag_id, run_id, label)
+    # -- running the engine -----------------------------------------------------------------------
+    @contextlib.contextmanager
+    def engine_call(self, what: str) -> Iterator[None]:
+        """Every engine call runs in here: a failure is one line, permanent ones are not retried
+        (operators/failures.py); the task process's allocator is tuned for the engine."""
+        keep_large_buffers()
+        with engine_errors(self.log, what):
+            yield
 
+    @staticmethod
+    def work_dir():
+        return settings.work_dir()
+
+    @staticmethod
+    def blob_cache():
+        return settings.blob_cache()
+
+    def on_kill(self) -> None:
+        """The task was stopped (marked failed, timed out): stop the compressor and decoder
+        processes now; the scratch directory goes with them (removed by the unwinding task, or
+        swept by the next task on this worker)."""
+        from overlaybd_provider.workers import live_children
+
+        for proc in live_children():
+            with contextlib.suppress(ProcessLookupError, OSError):
+                os.kill(proc.pid, signal.SIGKILL)
+        self.log.info("on_kill: stopped %s", self.task_id)
+
+    # -- bookkeeping ------------------------------------------------------------------------------
     @staticmethod
     def run_key(context: Mapping[str, Any], fallback: str) -> str:
         ti = context.get("ti")
@@ -109,9 +172,8 @@ class OverlaybdBaseOperator(BaseOperator):
             return f"manual|{fallback}"
         return f"{ti.dag_id}|{ti.run_id}|{ti.task_id}|{getattr(ti, 'map_index', -1)}"
 
-    def log_conversion(
-        self, hook: OverlaybdDedupHook, conn: Any, context: Mapping[str, Any], summary: dict, seconds: float
-    ) -> Any:
+    def log_conversion(self, hook: OverlaybdDedupHook, conn: Any, context: Mapping[str, Any], summary: dict,
+                       seconds: float) -> Any:
         """Writes (or updates) this task's row of the ``overlaybd_conversions`` table behind the UI page
         and returns it; keyed by the task instance, so a retry updates its own row."""
         logbook = hook.conversion_log(conn, create=True)
@@ -122,28 +184,10 @@ class OverlaybdBaseOperator(BaseOperator):
             recorded_at=utc_now_iso(),
             dag_id=getattr(ti, "dag_id", "") or "",
             run_id=getattr(ti, "run_id", "") or "",
-            history_rate=logbook.build_rate(),
             seconds=seconds,
         )
         logbook.record(row)
         return row
-
-    def area_for(self, staging: Any) -> StagingArea:
-        location = staging_location(staging)
-        if location is None:
-            raise AirflowException(f"{self.task_id}: no staging location (pass staging=<pull task>.output)")
-        return StagingArea(location)
-
-    # -- errors -------------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def engine_errors(self, what: str) -> Iterator[None]:
-        """Engine errors are user-facing one-liners: keep the message, drop the engine traceback.
-        Every engine call runs in here, so it also tunes the task process's allocator for it."""
-        keep_large_buffers()
-        try:
-            yield
-        except OverlaybdError as exc:
-            raise AirflowException(f"{what}: {exc}") from exc
 
     @staticmethod
     def label_image(context: Any, image: str | None) -> None:

@@ -1,9 +1,9 @@
-"""Task-log progress for the stage operators: layer i/n, MB, MB/s, running totals.
+"""Task-log progress for the operators: one line per layer per stage, in KiB/MiB.
 
-The engine calls ``progress(event)`` with ``{"event": "layer", "platform", "index", "count",
-"what", "bytes_in", "bytes_out", "seconds", "dedup", "chain_id"}`` per finished layer and
-``{"event": "pushed", ...}`` after a push; each becomes one line in the Airflow task log, with the
-stage's running byte total and throughput so a long conversion shows how far it is.
+The engine calls ``progress(event)`` for layer events (``downloaded``, ``built``, ``reused``,
+``waiting for …``, ``built by an earlier try``) and once after a push. A layer gets one line per
+stage: downloads are only counted (they overlap the builds) and reported in the stage's final
+line.
 """
 
 from __future__ import annotations
@@ -12,13 +12,9 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-MB = 1_000_000
+from overlaybd_provider.engine.report import describe_layer_event, human_bytes, human_seconds
 
-
-def rate(nbytes: float, seconds: float) -> str:
-    """``"12.3 MB in 0.80 s (15.4 MB/s)"``."""
-    speed = nbytes / MB / seconds if seconds > 0 else 0.0
-    return f"{nbytes / MB:.1f} MB in {seconds:.2f} s ({speed:.1f} MB/s)"
+__all__ = ["ProgressLog", "human_bytes", "human_seconds"]
 
 
 class ProgressLog:
@@ -28,39 +24,26 @@ class ProgressLog:
         self.logger = logger
         self.stage = stage
         self.started = time.monotonic()
-        self.layers = 0
-        self.total_bytes = 0
+        self.downloaded = 0
+        self.downloads = 0
 
     def __call__(self, event: Mapping[str, Any]) -> None:
         kind = event.get("event")
         if kind == "layer":
-            self.layers += 1
-            nbytes = int(event.get("bytes_in") or 0)
-            self.total_bytes += nbytes
-            where = f" {event['platform']}" if event.get("platform") else ""
-            index, count = int(event.get("index", 0)) + 1, event.get("count", "?")
-            self.logger.info(
-                "%s: layer %d/%s%s %s %s: %s; stage total %s",
-                self.stage,
-                index,
-                count,
-                where,
-                str(event.get("chain_id", ""))[7:19],
-                event.get("what", ""),
-                rate(nbytes, float(event.get("seconds") or 0.0)),
-                rate(self.total_bytes, self.elapsed()),
-            )
-        elif kind == "pushed":
-            self.logger.info(
-                "%s: %s@%s, %d blob(s) pushed, %d already present",
-                self.stage,
-                event.get("target"),
-                event.get("digest"),
-                event.get("blobs_pushed", 0),
-                event.get("blobs_existing", 0),
-            )
-        else:
+            if event.get("what") == "downloaded":
+                self.downloads += 1
+                self.downloaded += int(event.get("bytes_in") or 0)
+                return
+            where = f"[{event['platform']}] " if event.get("platform") else ""
+            self.logger.info("%s: %s%s", self.stage, where, describe_layer_event(dict(event)))
+        elif kind != "pushed":  # the push operator writes its own summary line
             self.logger.info("%s: %s", self.stage, dict(event))
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started
+
+    def fetched(self) -> str:
+        """``3 downloads, 12.3 MiB`` (empty when nothing was fetched)."""
+        if not self.downloads:
+            return ""
+        return f"{self.downloads} download(s), {human_bytes(self.downloaded)}"

@@ -1,26 +1,34 @@
-"""One operator per engine stage: pull → build → compress → push → record.
+"""One operator per stage: pull → build → push → record (docs/engine-stages.md).
 
-Each ``execute`` is one call of :mod:`overlaybd_provider.engine.stages` inside the conversion's
-staging area (synchronised with object storage when the area is remote). The engine stages are
-idempotent — a retry finishes only the pending work — so the operators are retry-safe as they are.
-XCom carries small dicts (digests, counts, sizes, the staging location), never blobs; chain the
-stages with ``staging=<previous>.output``.
+The stages hand over through XCom (the *conversion* dict: plan, digests, results; tens of KiB at
+most) and the destination registry: the build stage pushes every layer blob it builds, so push,
+record — and a retry of any stage — can run on any worker. Nothing is kept on a worker's disk
+between tasks but its blob cache. Chain them with ``conversion=<previous>.output``; connection ids
+travel in the conversion dict, so later stages need none unless they override them.
 """
 
 from __future__ import annotations
 
+import time
+import warnings
+from collections.abc import Mapping
 from typing import Any
 
+from airflow.sdk.exceptions import AirflowException
+
+from overlaybd_provider.operators import settings
 from overlaybd_provider.operators.base import (
+    CONNECTION_FIELDS,
     OPTION_FIELDS,
     OverlaybdBaseOperator,
-    as_platforms,
+    _blank,
+    as_bool,
+    convert_options,
     describe_options,
 )
 from overlaybd_provider.operators.links import OverlaybdImageLink, image_link
-from overlaybd_provider.operators.progress import ProgressLog, rate
-from overlaybd_provider.operators.staging import StagingArea, safe_component
-from overlaybd_provider.operators.summary import plan_layers, summarize
+from overlaybd_provider.operators.progress import ProgressLog, human_bytes, human_seconds
+from overlaybd_provider.operators.summary import summarize
 
 
 def engine_stages():
@@ -31,26 +39,22 @@ def engine_stages():
 
 
 class OverlaybdPullOperator(OverlaybdBaseOperator):
-    """Resolve ``source``, consult the dedup cache, download what must be built; writes the plan.
+    """**Pull**: resolve ``source``, read its manifests and configs, check that ``destination``
+    accepts our pushes, and ask the dedup database what is already converted (whole manifests,
+    layers in the same repository, layers to mount from another one). Downloads nothing: the
+    build stage fetches what it builds. Returns the conversion plan for the next stages.
 
     :param source: image to convert (``registry/repo:tag``, ``@digest``, or ``oci:PATH[:TAG]``)
     :param destination: where the overlaybd image goes (same forms)
     :param platforms: ``os/arch[/variant]`` list or comma string; empty = all platforms
-    :param staging_base: local directory or object-storage URL (default ``[overlaybd] staging_base``)
-    :param staging: explicit staging location (overrides ``staging_base``)
+    :param src_registry_conn_id / dst_registry_conn_id: ``oci_registry`` connections; empty = the
+        connection named after the registry host (``oci_registry_<host>``) if there is one, else
+        anonymous
+    :param dedup_conn_id: dedup database (mysql or sqlite connection; default ``overlaybd_dedup``,
+        else an embedded SQLite file)
     """
 
-    template_fields = (
-        "source",
-        "destination",
-        "platforms",
-        "staging_base",
-        "staging",
-        *OPTION_FIELDS,
-        "src_registry_conn_id",
-        "dst_registry_conn_id",
-        "dedup_conn_id",
-    )
+    template_fields = ("source", "destination", "platforms", *OPTION_FIELDS, *CONNECTION_FIELDS, "use_dedup")
 
     def __init__(
         self,
@@ -62,16 +66,18 @@ class OverlaybdPullOperator(OverlaybdBaseOperator):
         block_size_kb: int | str = 4,
         vsize_gb: int | str = 64,
         fstype: str = "ext4",
-        oci: bool = False,
-        referrer: bool = False,
-        staging_base: str | None = None,
-        staging: str | None = None,
+        oci: bool | str = False,
+        referrer: bool | str = False,
         src_registry_conn_id: str | None = None,
         dst_registry_conn_id: str | None = None,
         dedup_conn_id: str | None = None,
-        use_dedup: bool = True,
+        use_dedup: bool | str = True,
         **kwargs: Any,
     ) -> None:
+        for legacy in ("staging_base", "staging"):
+            if kwargs.pop(legacy, None) is not None:
+                warnings.warn(f"{legacy} is ignored: stages hand over through XCom and the destination registry",
+                              DeprecationWarning, stacklevel=2)
         super().__init__(**kwargs)
         self.source = source
         self.destination = destination
@@ -82,248 +88,236 @@ class OverlaybdPullOperator(OverlaybdBaseOperator):
         self.fstype = fstype
         self.oci = oci
         self.referrer = referrer
-        self.staging_base = staging_base
-        self.staging = staging
         self.src_registry_conn_id = src_registry_conn_id
         self.dst_registry_conn_id = dst_registry_conn_id
         self.dedup_conn_id = dedup_conn_id
         self.use_dedup = use_dedup
+        self.validate_options()
 
     def convert_options(self):
-        from overlaybd_provider.engine.options import ConvertOptions
+        with self.engine_call("conversion options"):
+            return convert_options(algorithm=self.algorithm, block_size_kb=self.block_size_kb,
+                                   vsize_gb=self.vsize_gb, fstype=self.fstype, oci=self.oci,
+                                   referrer=self.referrer, platforms=self.platforms)
 
-        with self.engine_errors("conversion options"):
-            return ConvertOptions(
-                algorithm=str(self.algorithm),
-                block_size_kb=int(self.block_size_kb),
-                vsize_gb=int(self.vsize_gb),
-                fstype=str(self.fstype or "ext4"),
-                oci=bool(self.oci),
-                referrer=bool(self.referrer),
-                platforms=tuple(as_platforms(self.platforms)),
-            )
+    def connections(self) -> dict[str, Any]:
+        return {"src_registry_conn_id": self.src_registry_conn_id or None,
+                "dst_registry_conn_id": self.dst_registry_conn_id or None,
+                "dedup_conn_id": self.dedup_conn_id or None, "use_dedup": as_bool(self.use_dedup)}
 
     def execute(self, context: Any) -> dict[str, Any]:
         self.label_image(context, self.source)
         options = self.convert_options()
-        area = (
-            StagingArea(str(self.staging))
-            if self.staging
-            else StagingArea.for_task(
-                self.staging_base, self.conversion_key(context, safe_component(self.source))
-            )
-        )
-        progress = ProgressLog(self.log, "pull")
-        self.log.info(
-            "pull %s → %s (%s) staging %s",
-            self.source,
-            self.destination,
-            describe_options(options),
-            area.location,
-        )
-        with (
-            area.stage() as workdir,
-            self.dedup_store(self.dedup_conn_id, enabled=self.use_dedup) as store,
-            self.engine_errors(f"pull {self.source}"),
-        ):
+        started = time.monotonic()
+        self.log.info("pull %s → %s (%s)", self.source, self.destination, describe_options(options))
+        with (self.dedup_store(self.dedup_conn_id, enabled=as_bool(self.use_dedup)) as store,
+              self.engine_call(f"pull {self.source}")):
             result = engine_stages().pull(
-                self.source,
-                self.destination,
-                workdir,
-                options=options,
-                src_registry=self.registry_options(self.src_registry_conn_id),
-                dst_registry=self.registry_options(self.dst_registry_conn_id),
-                dedup=store,
-                progress=progress,
+                self.source, self.destination, options=options,
+                src_registry=self.registry_options(self.source, self.src_registry_conn_id),
+                dst_registry=self.registry_options(self.destination, self.dst_registry_conn_id),
+                dedup=store, work_dir=self.work_dir(),
             )
-        self.log.info(
-            "pull done: %d layer(s), %d to build, %d reused, %d manifest(s) cached, %s",
-            result.get("layers_total", 0),
-            result.get("layers_to_build", 0),
-            result.get("layers_reused", 0),
-            result.get("manifests_cached", 0),
-            rate(result.get("bytes_downloaded", 0), progress.elapsed()),
-        )
-        out = {k: v for k, v in result.items() if k not in {"staging_dir", "plan"}}
-        return {
-            **out,
-            "staging": area.location,
-            "image": self.source,
-            "elapsed": round(progress.elapsed(), 3),
-        }
+        self.log.info("pull: %s", describe_plan(result))
+        return {**result, "image": self.source, "connections": self.connections(),
+                "elapsed": round(time.monotonic() - started, 3)}
 
 
-class _StagingStage(OverlaybdBaseOperator):
-    """A stage that only needs the staging area (and maybe one platform)."""
+def describe_plan(result: Mapping[str, Any]) -> str:
+    """``linux/amd64: 3 layer(s), 2 to build, 1 reused; 0 of 1 manifest(s) from the cache``."""
+    manifests = len(result.get("platforms") or [])
+    return (f"{', '.join(result.get('platforms') or [])}: {result.get('layers_total', 0)} layer(s), "
+            f"{result.get('layers_to_build', 0)} to build, {result.get('layers_reused', 0)} reused; "
+            f"{result.get('manifests_cached', 0)} of {manifests} manifest(s) from the cache")
 
-    template_fields = ("staging", "platform")
 
-    def __init__(self, *, staging: Any, platform: str | None = None, **kwargs: Any) -> None:
+class _Stage(OverlaybdBaseOperator):
+    """A stage after pull: takes the previous stage's result (``conversion``)."""
+
+    template_fields = ("conversion", "platform", *CONNECTION_FIELDS)
+
+    def __init__(self, *, conversion: Any = None, platform: str | None = None,
+                 src_registry_conn_id: str | None = None, dst_registry_conn_id: str | None = None,
+                 dedup_conn_id: str | None = None, **kwargs: Any) -> None:
+        legacy = kwargs.pop("staging", None)
+        if conversion is None and legacy is not None:
+            warnings.warn("staging= is now conversion=", DeprecationWarning, stacklevel=2)
+            conversion = legacy
         super().__init__(**kwargs)
-        self.staging = staging
+        self.conversion = conversion
         self.platform = platform
+        self.src_registry_conn_id = src_registry_conn_id
+        self.dst_registry_conn_id = dst_registry_conn_id
+        self.dedup_conn_id = dedup_conn_id
 
-    def _image(self) -> str | None:
-        return self.staging.get("image") if isinstance(self.staging, dict) else None
+    def conversion_of(self) -> dict[str, Any]:
+        if not isinstance(self.conversion, Mapping) or "plan" not in self.conversion:
+            raise AirflowException(
+                f"{self.task_id}: conversion must be the previous stage's result (conversion=<pull>.output), "
+                f"got {type(self.conversion).__name__}"
+            )
+        return dict(self.conversion)
 
-    def _elapsed(self, progress: ProgressLog) -> float:
+    def _conn(self, name: str) -> Any:
+        mine = getattr(self, name, None)
+        if not _blank(mine):
+            return mine
+        return (self.conversion_of().get("connections") or {}).get(name)
+
+    def _registries(self, conversion: Mapping[str, Any]) -> dict[str, Any]:
+        plan = conversion["plan"]
+        return {"src_registry": self.registry_options(plan["source"], self._conn("src_registry_conn_id")),
+                "dst_registry": self.registry_options(plan["target"], self._conn("dst_registry_conn_id"))}
+
+    def _use_dedup(self) -> bool:
+        return as_bool((self.conversion_of().get("connections") or {}).get("use_dedup", True))
+
+    def _elapsed(self, started: float) -> float:
         """Wall time of the conversion so far: earlier stages' (carried in XCom) plus this one."""
-        before = self.staging.get("elapsed", 0.0) if isinstance(self.staging, dict) else 0.0
-        return round(float(before or 0.0) + progress.elapsed(), 3)
+        before = float(self.conversion_of().get("elapsed") or 0.0)
+        return round(before + time.monotonic() - started, 3)
 
 
-class Ext4LayerBuildOperator(_StagingStage):
-    """Apply each layer to be built onto its lower stack, straight into its compressed layer blob."""
+class Ext4LayerBuildOperator(_Stage):
+    """**Build**: apply each layer tar onto its lower layers in a userspace ext4 writer, straight
+    into the compressed overlaybd layer blob (ZFile), check its content against the config's
+    diff_id, **push the blob to the destination** and record it in the dedup database. Lowers come
+    from this worker's blob cache or the destination. A layer another run is building right now
+    is waited for and reused, not built twice. Runs on the ``[overlaybd] queue`` (default
+    ``overlaybd``). A retry (on any worker) keeps the layers an earlier try pushed.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("queue", settings.heavy_queue())
+        super().__init__(**kwargs)
 
     def execute(self, context: Any) -> dict[str, Any]:
-        image = self._image()
-        self.label_image(context, image)
-        area = self.area_for(self.staging)
+        conversion = self.conversion_of()
+        self.label_image(context, conversion.get("image"))
+        state = context.get("task_state_store") if isinstance(context, dict) else None
+        finished: dict[str, Any] = dict((state.get("layers") if state is not None else None) or {})
+        if finished:
+            self.log.info("build: an earlier try finished %d layer(s); keeping those still in the registry",
+                          len(finished))
+
+        def on_layer(image: Any, layer: Any) -> None:
+            if layer.action == "build" and layer.digest and layer.chain_id not in finished:
+                finished[layer.chain_id] = {"digest": layer.digest, "size": layer.size,
+                                            "bytes_in": layer.bytes_in, "seconds": round(layer.seconds, 3)}
+                if state is not None:
+                    state.set("layers", finished)
+
         progress = ProgressLog(self.log, "build")
-        with area.stage() as workdir, self.engine_errors("build"):
-            result = engine_stages().build(workdir, platform=self.platform or None, progress=progress)
-        built = result.get("built", [])
-        total = sum(int(b.get("size") or 0) for b in built)
+        started = time.monotonic()
+        with (self.dedup_store(self._conn("dedup_conn_id"), enabled=self._use_dedup()) as store,
+              self.engine_call("build")):
+            result = engine_stages().build(
+                conversion, dedup=store, cache=self.blob_cache(), work_dir=self.work_dir(),
+                platform=self.platform or None, progress=progress, finished=finished, on_layer=on_layer,
+                **self._registries(conversion),
+            )
+        built = [b for b in result.get("built", []) if b.get("dedup") != "wait"]
+        waited = len(result.get("built", [])) - len(built)
+        source = sum(int(b.get("bytes_in") or 0) for b in built)
+        output = sum(int(b.get("size") or 0) for b in built)
+        fetched = progress.fetched()
         self.log.info(
-            "build done: %d layer(s) built, %d skipped, %s",
-            len(built),
-            result.get("skipped", 0),
-            rate(total, progress.elapsed()),
+            "build: %d layer(s) built, %s source → %s overlaybd in %s%s%s",
+            len(built), human_bytes(source), human_bytes(output), human_seconds(time.monotonic() - started),
+            f"; {waited} built meanwhile by a concurrent run and reused" if waited else "",
+            f"; fetched {fetched}" if fetched else "",
         )
-        return {
-            "staging": area.location,
-            "image": image,
-            "layers_built": len(built),
-            "skipped": result.get("skipped", 0),
-            "bytes": total,
-            "seconds": round(sum(float(b.get("seconds") or 0) for b in built), 3),
-            "elapsed": self._elapsed(progress),
-        }
+        return {**result, "elapsed": self._elapsed(started)}
 
 
-class ZFileCompressOperator(_StagingStage):
-    """The layer blobs with their digests; a raw LSMT left by an earlier version is compressed first."""
+class ZFileCompressOperator(_Stage):
+    """**Compress** (kept for DAGs written for 0.1): the build stage now writes each layer straight
+    into its compressed blob and pushes it, so this only checks that every layer has its blob and
+    passes the conversion on. Drop it from your DAG."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        warnings.warn("ZFileCompressOperator is no longer needed: the build stage compresses and pushes",
+                      DeprecationWarning, stacklevel=2)
+        super().__init__(**kwargs)
 
     def execute(self, context: Any) -> dict[str, Any]:
-        image = self._image()
-        self.label_image(context, image)
-        area = self.area_for(self.staging)
-        progress = ProgressLog(self.log, "compress")
-        with area.stage() as workdir, self.engine_errors("compress"):
-            result = engine_stages().compress(workdir, platform=self.platform or None, progress=progress)
-        layers = result.get("layers", [])
-        total = sum(int(x.get("size") or 0) for x in layers)
-        self.log.info(
-            "compress done: %d blob(s), %d skipped, %s",
-            len(layers),
-            result.get("skipped", 0),
-            rate(total, progress.elapsed()),
-        )
-        return {
-            "staging": area.location,
-            "image": image,
-            "layers": [
-                {"chain_id": x.get("chain_id"), "digest": x.get("digest"), "size": x.get("size")}
-                for x in layers
-            ],
-            "skipped": result.get("skipped", 0),
-            "bytes": total,
-            "elapsed": self._elapsed(progress),
-        }
+        conversion = self.conversion_of()
+        self.label_image(context, conversion.get("image"))
+        layers = [la for image in conversion["plan"]["images"] if not image.get("cached") for la in image["layers"]]
+        missing = [la["index"] for la in layers if not la.get("digest")]
+        if missing:
+            raise AirflowException(f"compress: layer(s) {missing} have no blob: the build stage must run first")
+        self.log.info("compress: nothing to do, the build stage wrote %d compressed blob(s)", len(layers))
+        return conversion
 
 
-class OverlaybdPushOperator(_StagingStage):
-    """Push missing layer blobs, configs, manifests (and index) and tag the target."""
+class OverlaybdPushOperator(_Stage):
+    """**Push**: write each image's converted config and manifest (rebuilt byte-exact from the
+    source documents, fetched again by digest), the index of a multi-platform image, and tag the
+    top object. Every layer blob is already in the destination (pushed by build)."""
 
-    template_fields = ("staging", "dst_registry_conn_id")
     operator_extra_links = (OverlaybdImageLink(),)
 
-    def __init__(self, *, staging: Any, dst_registry_conn_id: str | None = None, **kwargs: Any) -> None:
-        super().__init__(staging=staging, **kwargs)
-        self.dst_registry_conn_id = dst_registry_conn_id
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         self.image_url: str | None = None
 
     def execute(self, context: Any) -> dict[str, Any]:
-        image = self._image()
-        self.label_image(context, image)
-        area = self.area_for(self.staging)
-        progress = ProgressLog(self.log, "push")
-        registry = self.registry_options(self.dst_registry_conn_id)
-        with area.stage() as workdir, self.engine_errors("push"):
-            result = engine_stages().push(workdir, dst_registry=registry, progress=progress)
-        self.log.info(
-            "push done: %s@%s — %d blob(s) pushed (%s), %d already there",
-            result.get("target"),
-            result.get("digest"),
-            result.get("blobs_pushed", 0),
-            rate(result.get("bytes_pushed", 0), progress.elapsed()),
-            result.get("blobs_existing", 0),
-        )
-        self.image_url = image_link(
-            result.get("target"), result.get("digest"), plain_http=registry.plain_http
-        )
-        return {**result, "staging": area.location, "image": image, "elapsed": self._elapsed(progress)}
+        conversion = self.conversion_of()
+        self.label_image(context, conversion.get("image"))
+        started = time.monotonic()
+        with self.engine_call("push"):
+            result = engine_stages().push(conversion, work_dir=self.work_dir(), **self._registries(conversion))
+        pushed = result["pushed"]
+        self.log.info("push: %s@%s (%d manifest(s)): %d blob(s) uploaded (%s), %d already there",
+                      pushed.get("target"), pushed.get("digest"), len(pushed.get("manifests") or []),
+                      pushed.get("blobs_pushed", 0), human_bytes(pushed.get("bytes_pushed", 0)),
+                      pushed.get("blobs_existing", 0))
+        self.image_url = image_link(pushed.get("target"), pushed.get("digest"))
+        return {**result, "elapsed": self._elapsed(started)}
 
 
-class OverlaybdRecordOperator(_StagingStage):
-    """Record pushed layers and manifests in the dedup DB and the conversion in
-    ``overlaybd_conversions``; returns the dedup summary; removes the staging area."""
-
-    template_fields = ("staging", "dedup_conn_id")
-
-    def __init__(
-        self, *, staging: Any, dedup_conn_id: str | None = None, cleanup: bool = True, **kwargs: Any
-    ):
-        super().__init__(staging=staging, **kwargs)
-        self.dedup_conn_id = dedup_conn_id
-        self.cleanup = cleanup
+class OverlaybdRecordOperator(_Stage):
+    """**Record**: the converted manifests into the dedup database (layers were recorded by build)
+    and the conversion into ``overlaybd_conversions`` (the overlaybd page). Returns the summary."""
 
     def execute(self, context: Any) -> dict[str, Any]:
-        image = self._image()
-        self.label_image(context, image)
-        area = self.area_for(self.staging)
-        state = context.get("task_state_store") if isinstance(context, dict) else None
-        if state is not None and state.get("summary") and not area.exists():
-            # A rerun after the staging area was removed: the work is recorded already.
-            self.log.info("record: already recorded by an earlier try, staging area gone")
-            return state.get("summary")
-        hook = self.dedup_hook(self.dedup_conn_id)
-        progress = ProgressLog(self.log, "record")
-        with area.stage() as workdir, self.engine_errors("record"):
-            conn = hook.get_conn()
-            try:
-                recorded = engine_stages().record(workdir, dedup=hook.open_store(conn, create=True))
-                summary = summarize(engine_stages().report(workdir), plan_layers(workdir))
-                row = self.log_conversion(hook, conn, context, summary, self._elapsed(progress))
-            finally:
+        conversion = self.conversion_of()
+        self.label_image(context, conversion.get("image"))
+        started = time.monotonic()
+        hook = self.dedup_hook(self._conn("dedup_conn_id")) if self._use_dedup() else None
+        conn = hook.get_conn() if hook is not None else None
+        try:
+            with self.engine_call("record"):
+                store = hook.open_store(conn, create=True) if hook is not None else None
+                result = engine_stages().record(conversion, dedup=store)
+                seconds = self._elapsed(started)
+                summary = summarize(engine_stages().report(result, seconds))
+            if hook is not None:
+                self.log_conversion(hook, conn, context, summary, seconds)
+        finally:
+            if conn is not None:
                 conn.close()
-        summary.update(
-            recorded, seconds=row.seconds, seconds_saved=row.seconds_saved, staging=area.location, image=image
-        )
+        summary.update(result["recorded"], seconds=seconds, image=conversion.get("image"))
         log_summary(self.log, summary)
-        if state is not None:
-            state.set("summary", summary)
-        if self.cleanup:
-            with self.engine_errors("cleanup"):
-                engine_stages().cleanup(area.local_dir())
-            area.cleanup()
         return summary
 
 
-def log_summary(log: Any, summary: dict[str, Any]) -> None:
+def log_summary(log: Any, summary: Mapping[str, Any]) -> None:
+    """The conversion at a glance, one line."""
+    dedup = summary.get("dedup") or {}
+    reused = ", ".join(f"{n} {kind}" for kind, n in dedup.items() if kind != "miss")
+    if summary.get("manifests_cached") and summary.get("manifests_cached") == summary.get("manifests"):
+        what = "served from the manifest cache"
+    else:
+        what = (f"{summary.get('layers_total', 0)} layer(s): {summary.get('layers_built', 0)} built, "
+                f"{summary.get('layers_reused', 0)} reused{f' ({reused})' if reused else ''}; "
+                f"{human_bytes(summary.get('source_bytes', 0))} source → "
+                f"{human_bytes(summary.get('target_bytes', 0))} overlaybd")
+    saved = float(summary.get("seconds_saved") or 0.0)
     log.info(
-        "converted %s (%s) → %s@%s: %d layer(s), %d reused (%s), %d built; %.1f MB source → %.1f MB "
-        "overlaybd; dedup saved %.1f MB and ~%.1f s",
-        summary.get("source"),
-        summary.get("source_digest"),
-        summary.get("target"),
-        summary.get("target_digest"),
-        summary.get("layers_total", 0),
-        summary.get("layers_reused", 0),
-        ", ".join(f"{k}={v}" for k, v in (summary.get("dedup") or {}).items()),
-        summary.get("layers_built", 0),
-        summary.get("source_bytes", 0) / 1e6,
-        summary.get("target_bytes", 0) / 1e6,
-        summary.get("reused_bytes", 0) / 1e6,
-        summary.get("seconds_saved", 0.0),
+        "converted %s → %s@%s: %s; %s%s",
+        summary.get("source"), summary.get("target"), str(summary.get("target_digest"))[:19], what,
+        human_seconds(float(summary.get("seconds") or 0.0)),
+        f"; reuse avoided {human_seconds(saved)} of recorded build time" if saved else "",
     )

@@ -1,12 +1,14 @@
 """Turn an engine conversion report into the small XCom summary and the ``overlaybd_conversions`` row.
 
 Layer ``dedup`` values come from the engine report: ``miss`` = built here, ``hit`` = found in the
-target repository, ``mount`` = cross-repository mount, ``local`` = shared with another platform of
-the same image; layers of a manifest served whole by the manifest cache (the report lists none)
-are added from the plan as ``cache``. Everything but ``miss`` counts as reused; their saved bytes
-are the converted blob sizes when known, else the source layer sizes. Time saved is estimated from the build
-throughput (source bytes per second) of the layers that were built, in this run or, when all were
-reused, in earlier recorded conversions.
+target repository, ``mount`` = cross-repository mount, ``local`` = finished earlier (this work
+directory, or an earlier try), ``wait`` = built meanwhile by a concurrent conversion and reused;
+layers of a manifest served whole by the manifest cache are counted as ``cache``. Everything but
+``miss`` counts as reused.
+
+**Time saved** is measured, not estimated: the engine records what building each layer took when
+it was built (``overlaybd_layer_costs``), and a reuse saves exactly that recorded cost. Layers
+built before costs were recorded count as 0 s.
 """
 
 from __future__ import annotations
@@ -17,47 +19,17 @@ from typing import Any
 
 from overlaybd_provider.hooks.conversion_log import ConversionRow
 
-REUSED = ("hit", "mount", "local", "cache")
+REUSED = ("hit", "mount", "local", "wait", "cache")
 
 
-def plan_layers(staging_dir: Any) -> list[dict[str, Any]]:
-    """Every planned layer with its source size, from the staging plan; the layers of manifests
-    served by the manifest cache (which the report leaves out) are marked ``cached``."""
-    from overlaybd_provider.engine.transfer.workspace import Workspace
-
-    plan = Workspace(staging_dir).load_plan()
-    return [
-        {
-            "platform": image.platform,
-            "chain_id": layer.chain_id,
-            "source_size": layer.source_size,
-            "cached": bool(image.cached),
-        }
-        for image in plan.images
-        for layer in image.layers
-    ]
+def _layers(report: Mapping[str, Any]) -> list[dict[str, Any]]:
+    return [{**layer, "platform": m.get("platform")} for m in report.get("manifests", [])
+            for layer in m.get("layers", [])]
 
 
-def _layers(report: Mapping[str, Any], planned: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    sizes = {(p["platform"], p["chain_id"]): int(p["source_size"]) for p in planned}
-    layers = [
-        {
-            **layer,
-            "platform": m.get("platform"),
-            "source_size": sizes.get((m.get("platform"), layer.get("chain_id")), 0),
-        }
-        for m in report.get("manifests", [])
-        for layer in m.get("layers", [])
-    ]
-    layers += [
-        {"dedup": "cache", "source_size": int(p["source_size"]), **p} for p in planned if p.get("cached")
-    ]
-    return layers
-
-
-def summarize(report: Mapping[str, Any], planned: list[Mapping[str, Any]] = ()) -> dict[str, Any]:
-    """Counts, sizes and digests of a report (plus the plan's layers) — small enough for XCom."""
-    layers = _layers(report, list(planned))
+def summarize(report: Mapping[str, Any]) -> dict[str, Any]:
+    """Counts, sizes, digests and the saved build time of a report — small enough for XCom."""
+    layers = _layers(report)
     kinds = Counter(str(layer.get("dedup", "miss")) for layer in layers)
     built = [layer for layer in layers if layer.get("dedup", "miss") not in REUSED]
     reused = [layer for layer in layers if layer.get("dedup") in REUSED]
@@ -75,36 +47,18 @@ def summarize(report: Mapping[str, Any], planned: list[Mapping[str, Any]] = ()) 
         "layers_built": len(built),
         "layers_reused": len(reused),
         "dedup": dict(sorted(kinds.items())),
-        "source_bytes": sum(x["source_size"] for x in layers),
+        "source_bytes": sum(int(x.get("source_size") or 0) for x in layers),
         "target_bytes": sum(int(x.get("size") or 0) for x in layers),
-        "reused_bytes": sum(int(x.get("size") or x["source_size"]) for x in reused),
-        "reused_source_bytes": sum(x["source_size"] for x in reused),
-        "built_bytes_in": sum(x["source_size"] for x in built),
+        "built_source_bytes": sum(int(x.get("bytes_in") or x.get("source_size") or 0) for x in built),
+        "reused_bytes": sum(int(x.get("size") or x.get("source_size") or 0) for x in reused),
         "built_seconds": round(sum(float(x.get("seconds") or 0.0) for x in built), 3),
+        "seconds_saved": round(sum(float(x.get("cost") or 0.0) for x in reused), 3),
         "seconds": round(float(report.get("seconds") or 0.0), 3),
     }
 
 
-def seconds_saved(summary: Mapping[str, Any], history_rate: float | None = None) -> float:
-    """Estimated build time the reused layers would have cost (bytes / observed build rate)."""
-    reused_in = summary.get("reused_source_bytes") or summary.get("reused_bytes") or 0
-    if summary.get("built_bytes_in") and summary.get("built_seconds"):
-        per_second = summary["built_bytes_in"] / summary["built_seconds"]
-    else:
-        per_second = history_rate or 0.0
-    return round(reused_in / per_second, 3) if per_second > 0 else 0.0
-
-
-def conversion_row(
-    summary: Mapping[str, Any],
-    *,
-    run_key: str,
-    recorded_at: str,
-    dag_id: str = "",
-    run_id: str = "",
-    history_rate: float | None = None,
-    seconds: float | None = None,
-) -> ConversionRow:
+def conversion_row(summary: Mapping[str, Any], *, run_key: str, recorded_at: str, dag_id: str = "",
+                   run_id: str = "", seconds: float | None = None) -> ConversionRow:
     return ConversionRow(
         run_key=run_key,
         source=str(summary.get("source") or ""),
@@ -119,12 +73,11 @@ def conversion_row(
         source_bytes=int(summary.get("source_bytes") or 0),
         target_bytes=int(summary.get("target_bytes") or 0),
         reused_bytes=int(summary.get("reused_bytes") or 0),
-        built_source_bytes=int(summary.get("built_bytes_in") or 0),
+        built_source_bytes=int(summary.get("built_source_bytes") or 0),
         built_seconds=float(summary.get("built_seconds") or 0.0),
         seconds=float(seconds if seconds is not None else summary.get("seconds") or 0.0),
-        seconds_saved=seconds_saved(summary, history_rate),
-        manifest_cached=bool(summary.get("manifests"))
-        and summary.get("manifests_cached") == summary.get("manifests"),
+        seconds_saved=float(summary.get("seconds_saved") or 0.0),
+        manifest_cached=bool(summary.get("manifests")) and summary.get("manifests_cached") == summary.get("manifests"),
         dag_id=dag_id,
         run_id=run_id,
         details={"dedup": dict(summary.get("dedup") or {})},
