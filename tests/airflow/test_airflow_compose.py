@@ -14,8 +14,14 @@ AIRFLOW_SERVICES = {
     "airflow-scheduler": "scheduler",
     "airflow-dag-processor": "dag-processor",
     "airflow-triggerer": "triggerer",
-    "airflow-worker": "celery worker",
+    "airflow-worker": "celery worker --queues default,overlaybd",
 }
+
+
+def cluster_env() -> dict[str, str]:
+    """docker/cluster.env: the settings scripts/cluster.sh and compose share."""
+    lines = (REPO / "docker" / "cluster.env").read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
 
 
 @pytest.fixture(scope="module")
@@ -36,9 +42,13 @@ def test_services_and_backing_stores(compose):
 
 def test_airflow_services_share_one_celery_configuration(compose):
     services = compose["services"]
+    shared = cluster_env()
+    assert shared["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor" and shared["AIRFLOW__OVERLAYBD__QUEUE"] == "overlaybd"
     envs = [services[name]["environment"] for name in AIRFLOW_SERVICES]
     first = envs[0]
-    assert first["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
+    for name in AIRFLOW_SERVICES:  # the same settings file as scripts/cluster.sh, never overridden
+        assert services[name]["env_file"] == "docker/cluster.env", name
+        assert not set(shared) & set(services[name]["environment"]), name
     assert first["AIRFLOW__CELERY__BROKER_URL"].startswith("redis://")
     assert first["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql")
     assert first["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"].startswith("http://airflow-apiserver:8080/")
@@ -53,18 +63,22 @@ def test_airflow_services_share_one_celery_configuration(compose):
     # every Airflow service builds the same image with the provider inside
     assert {services[n]["image"] for n in AIRFLOW_SERVICES} == {services["airflow-init"]["image"]}
     assert services["airflow-worker"]["build"]["dockerfile"] == "docker/airflow/Dockerfile"
+    # workers listen to the queues cluster.sh gives its workers
+    assert services["airflow-worker"]["command"].endswith(shared["OVERLAYBD_WORKER_QUEUES"])
+    script = (REPO / "scripts" / "cluster.sh").read_text()
+    assert "docker/cluster.env" in script and "--queues" in script
 
 
-def test_worker_scales_and_volumes_are_mounted(compose):
+def test_worker_scales_and_shares_no_volume(compose):
     services = compose["services"]
     worker = services["airflow-worker"]
     assert "container_name" not in worker and "ports" not in worker  # `--scale airflow-worker=N`
     for name in AIRFLOW_SERVICES:
         volumes = services[name]["volumes"]
         assert "./dags:/opt/airflow/dags" in volumes and "./plugins:/opt/airflow/plugins" in volumes
-        assert any(v.startswith("staging:") for v in volumes), name
+        assert not any(v.startswith("staging:") for v in volumes), name  # stages share no disk
     assert (REPO / "dags" / "overlaybd_convert.py").is_file() and (REPO / "plugins").is_dir()
-    assert set(compose["volumes"]) >= {"staging", "mysql-db", "postgres-db"}
+    assert "staging" not in compose["volumes"]
 
 
 def test_mysql_is_initialised_with_the_dedup_schema(compose):
