@@ -42,7 +42,10 @@ def _ours(data: bytes):
         r = open_tar_stream(ForwardReader(io.BytesIO(data)))
         return _members(r, r.extractfile), r._obd_end
     except (tarfile.TarError, LayerTarError) as exc:
-        return "error", str(exc).removeprefix("not a tar archive: ")
+        text = str(exc)
+        if text.startswith("truncated tar: entry "):  # tarfile's "unexpected end of data", with the entry
+            return "error", "unexpected end of data"
+        return "error", text.removeprefix("not a tar archive: ")
 
 
 def _reference(data: bytes):

@@ -129,8 +129,10 @@ def apply_to_stack(lower: LowerStack | None, tar: BinaryIO, out: BinaryIO, *, vs
                 pass
             if diff_id is not None and (got := content_digest(stream)) != diff_id:
                 raise DiffIdMismatchError(f"content {got} does not match the config's diff_id {diff_id}")
-        finally:
-            stream.close()  # stops a decoder process still running after an error
+        except BaseException:
+            _close_quietly(stream)  # stops a decoder process still running; the first error wins
+            raise
+        stream.close()
         if compressor is not None:
             from overlaybd_provider.ext4.seal import seal_blob
 
@@ -156,9 +158,19 @@ def apply_to_stack(lower: LowerStack | None, tar: BinaryIO, out: BinaryIO, *, vs
                 raise
         log.debug("layer: %d entries, %d blocks written, %d tar bytes (%s)", stats.entries, blocks,
                  counter.count, compression)
-        return StackApplyStats(blocks, stats, counter.count, compression, vsize, digest, size)
-    finally:
-        dev.close()
+    except BaseException:
+        _close_quietly(dev)
+        raise
+    dev.close()
+    return StackApplyStats(blocks, stats, counter.count, compression, vsize, digest, size)
+
+
+def _close_quietly(obj: object) -> None:
+    """Close after an error without replacing it: the error being raised is what the user sees."""
+    try:
+        obj.close()  # type: ignore[attr-defined]
+    except Exception as exc:  # logged: the original error propagates
+        log.debug("closing %r after an error failed too: %s", obj, exc)
 
 
 def apply_layer(lowers: Sequence[str | os.PathLike[str]], tar_path_or_fileobj: str | os.PathLike[str] | BinaryIO,

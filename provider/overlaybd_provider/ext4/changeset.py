@@ -301,11 +301,17 @@ def apply_tar(fs: Filesystem, tf: tarfile.TarFile) -> ApplyStats:
     ns = Namespace(fs)
     applier = ChangesetApplier(fs, ns)
     last = "<start of archive>"
+    current = None  # the entry being applied (its data is being read)
     try:
         for ti in tf:
+            current = ti
             applier.apply_entry(tf, ti)
-            last = ti.name
+            last, current = ti.name, None
     except (tarfile.TarError, EOFError) as exc:
+        if current is not None and current.size and hasattr(tf, "tell"):
+            got = max(0, min(current.size, tf.tell() - current.offset_data))
+            raise LayerTarError(f"truncated tar: entry {current.name!r} declares {current.size} bytes of data, "
+                                f"the archive ends after {got}") from None
         raise LayerTarError(f"corrupt or truncated tar after entry {last!r}: {exc}") from None
     end = getattr(tf, "_obd_end", None)
     if end is not None:

@@ -260,24 +260,29 @@ class TarReader:
         return b"".join(parts)
 
     def readinto(self, b: memoryview) -> int:
-        """Fill ``b`` from the buffer, then straight from the stream (no intermediate bytes)."""
-        view = memoryview(b).cast("B")
-        buf, pos = self._buf, self._pos
-        done = min(len(buf) - pos, len(view))
-        if done:
-            view[:done] = memoryview(buf)[pos:pos + done]
-            self._pos = pos + done
-        if done < len(view):
-            self._base += len(buf)
-            self._buf, self._pos = b"", 0
-            while done < len(view) and not self._eof:
-                n = self._src.readinto(view[done:])
-                if not n:
-                    self._eof = True
-                    break
-                done += n
-                self._base += n
-        return done
+        """Fill ``b`` from the buffer, then straight from the stream (no intermediate bytes).
+
+        Every view made here is released on the way out, also when the stream raises: ``b``
+        may be a slice of the compressor's shared ring, which cannot be unmapped while a view
+        of it is alive (a traceback would otherwise keep them alive)."""
+        with memoryview(b) as outer, outer.cast("B") as view:
+            buf, pos = self._buf, self._pos
+            done = min(len(buf) - pos, len(view))
+            if done:
+                view[:done] = memoryview(buf)[pos:pos + done]
+                self._pos = pos + done
+            if done < len(view):
+                self._base += len(buf)
+                self._buf, self._pos = b"", 0
+                while done < len(view) and not self._eof:
+                    with view[done:] as rest:
+                        n = self._src.readinto(rest)
+                    if not n:
+                        self._eof = True
+                        break
+                    done += n
+                    self._base += n
+            return done
 
     def seek(self, pos: int, whence: int = 0) -> int:
         if whence != 0:
@@ -409,17 +414,23 @@ class TarReader:
     # -- member data ---------------------------------------------------------------------------
     def extractfile(self, member: TarMember | tarfile.TarInfo) -> _MemberData | tarfile.ExFileObject:
         if isinstance(member, TarMember):
-            return _MemberData(self, member.offset_data, member.size)
+            return _MemberData(self, member.offset_data, member.size, member.name)
         return tarfile.ExFileObject(self, member)  # type: ignore[arg-type]
 
 
 class _MemberData:
     """The data of a plain member, read straight from the reader's buffer."""
 
-    __slots__ = ("_left", "_reader", "_start")
+    __slots__ = ("_left", "_name", "_reader", "_size", "_start")
 
-    def __init__(self, reader: TarReader, start: int, size: int) -> None:
+    def __init__(self, reader: TarReader, start: int, size: int, name: str) -> None:
         self._reader, self._start, self._left = reader, start, size
+        self._size, self._name = size, name
+
+    def _truncated(self, got: int) -> LayerTarError:
+        done = self._size - self._left + got
+        return LayerTarError(f"truncated tar: entry {self._name!r} declares {self._size} bytes of data, "
+                             f"the archive ends after {done}")
 
     def read(self, size: int = -1) -> bytes:
         r = self._reader
@@ -431,7 +442,7 @@ class _MemberData:
             size = self._left
         data = r.read(size)
         if len(data) != size:
-            raise tarfile.ReadError("unexpected end of data")
+            raise self._truncated(len(data))
         self._left -= size
         return data
 
@@ -441,10 +452,10 @@ class _MemberData:
             if r.tell() != self._start:
                 r.seek(self._start)
             self._start = -1
-        view = memoryview(b).cast("B")[:self._left]
-        n = r.readinto(view)
-        if n != len(view):
-            raise tarfile.ReadError("unexpected end of data")
+        with memoryview(b) as outer, outer.cast("B") as whole, whole[:self._left] as view:
+            n = r.readinto(view)
+            if n != len(view):
+                raise self._truncated(n)
         self._left -= n
         return n
 
