@@ -124,7 +124,7 @@ def apply_to_stack(lower: LowerStack | None, tar: BinaryIO, out: BinaryIO, *, vs
         try:
             counter = ForwardReader(stream)
             tf = open_tar_stream(counter)
-            stats = apply_tar(fs, tf)
+            stats = apply_tar(fs, tf, name=str(getattr(tar, "name", "layer")))
             while counter.read(1 << 20):  # drain padding: counts the whole tar, checks gzip/zstd trailers
                 pass
             if diff_id is not None and (got := content_digest(stream)) != diff_id:
