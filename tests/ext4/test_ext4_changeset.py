@@ -189,3 +189,30 @@ def test_mtimes_beyond_ext4_are_clamped_with_one_warning(stack, caplog) -> None:
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert warnings == [f"{stack.tmp / 'layer0.tar'}: 3 entries have times ext4 cannot store, clamped to "
                         f"{lo}..{hi} (first: 'ancient', mtime -1000000000000)"]
+
+
+# -- whiteouts of names near the 255-byte limit ---------------------------------------------------
+
+def test_whiteout_of_a_255_byte_name(stack) -> None:
+    """``.wh.`` + a 252..255-byte name is 256..259 bytes: the whiteout entry is never written,
+    only its target must fit ext4's 255 bytes (upstream applies it)."""
+    names = ["a" * 252, "b" * 255, "c" * 255]
+    stack.apply([d("dir"), *(f(f"dir/{n}", n[:1].encode()) for n in names), d("d" * 255), f(f"{'d' * 255}/x", b"x")])
+    stack.apply([f(f"dir/.wh.{names[0]}"), f(f"dir/.wh.{names[1]}"), f(f".wh.{'d' * 255}"),
+                 f(f"dir/.wh..wh.{'m' * 250}")])  # a meta entry of 258 bytes: ignored
+    img = stack.image()
+    assert sorted(img.listdir("/dir")) == [names[2]]
+    assert not img.exists("/" + "d" * 255)
+
+
+def test_opaque_dir_with_255_byte_children(stack) -> None:
+    stack.apply([f("o/" + "l" * 255, b"lower")])
+    stack.apply([f("o/.wh..wh..opq"), f("o/" + "n" * 255, b"new")])
+    assert sorted(stack.image().listdir("/o")) == ["n" * 255]
+
+
+def test_whiteout_target_longer_than_255_is_refused(stack) -> None:
+    with pytest.raises(OverlaybdError, match=r"^dir/\.wh\.z+: whiteout of a name of 256 bytes \(ext4 allows 255\)$"):
+        stack.apply([f("dir/.wh." + "z" * 256)])
+    with pytest.raises(OverlaybdError, match=r"name component of 256 bytes"):
+        stack.apply([f("dir/" + "z" * 256)])  # an ordinary name is still limited

@@ -61,23 +61,35 @@ def to_bytes(text: str) -> bytes:
     return text.encode("utf-8", "surrogateescape")
 
 
-def clean_path(name: bytes, what: str) -> Path:
-    """Lexically cleaned path components; never escapes the root."""
+def clean_path(name: bytes, what: str, *, entry: bool = False) -> Path:
+    """Lexically cleaned path components; never escapes the root. For an ``entry`` name, a last
+    component that is a whiteout may be longer than 255 bytes: the whiteout itself is never
+    written, only its target must fit (``.wh.`` + a 255-byte name is 259 bytes)."""
     comps = name.split(b"/")
     if b"" not in comps and b"." not in comps and b".." not in comps and max(map(len, comps)) <= 255:
         return tuple(comps)  # already clean (the usual case)
     parts: list[bytes] = []
-    for comp in name.split(b"/"):
+    long_last = False  # the last part kept is a long whiteout name (checked by the applier)
+    for comp in comps:
         if comp in (b"", b"."):
             continue
         if comp == b"..":
             if parts:
                 parts.pop()
+            long_last = False
             continue
+        if long_last:  # a long whiteout name that turned out not to be the last component
+            _too_long(parts[-1], what)
         if len(comp) > 255:
-            raise LayerEntryError(f"{what}: name component of {len(comp)} bytes (ext4 allows 255)")
+            if not (entry and comp.startswith(WHITEOUT_PREFIX)):
+                _too_long(comp, what)
+            long_last = True
         parts.append(comp)
     return tuple(parts)
+
+
+def _too_long(comp: bytes, what: str) -> None:
+    raise LayerEntryError(f"{what}: name component of {len(comp)} bytes (ext4 allows 255)")
 
 
 def entry_mtime(ti: tarfile.TarInfo) -> tuple[int, int]:
@@ -236,7 +248,7 @@ class ChangesetApplier:
         what = ti.name
         self.fs.alloc.context = what
         self.stats.entries += 1
-        path = clean_path(to_bytes(ti.name), what)
+        path = clean_path(to_bytes(ti.name), what, entry=True)
         kind = ti.type
         is_dir = ti.isdir()
         if not (is_dir or kind in _REGULAR or kind in _DEVICES or kind in (tarfile.LNKTYPE, tarfile.SYMTYPE)):
@@ -248,7 +260,7 @@ class ChangesetApplier:
         parent_path, base = path[:-1], path[-1]
         parent = self._parent(parent_path, what)
         if base.startswith(WHITEOUT_PREFIX):
-            self._whiteout(parent, parent_path, base)
+            self._whiteout(parent, parent_path, base, what)
             return
         link_ino = None
         if kind == tarfile.LNKTYPE:
@@ -283,12 +295,14 @@ class ChangesetApplier:
             self._create(tf, ti, parent, base, what)
         self._mark(path, is_dir)
 
-    def _whiteout(self, parent: DirState, parent_path: Path, base: bytes) -> None:
+    def _whiteout(self, parent: DirState, parent_path: Path, base: bytes, what: str) -> None:
         if base == OPAQUE_MARKER:
             for cname in sorted(parent.entries):
                 self._remove(parent, parent_path, cname, self._keep)
-        elif not base.startswith(WHITEOUT_META_PREFIX):
+        elif not base.startswith(WHITEOUT_META_PREFIX):  # other .wh..wh.* entries are ignored
             target = base[len(WHITEOUT_PREFIX):]
+            if len(target) > 255:
+                raise LayerEntryError(f"{what}: whiteout of a name of {len(target)} bytes (ext4 allows 255)")
             if target and target in parent.entries:
                 self._remove(parent, parent_path, target, self._keep)
 
