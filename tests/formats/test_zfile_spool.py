@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from overlaybd_provider.formats import zfile_spool
 from overlaybd_provider.formats.zfile_codec import BatchCompressor
 from overlaybd_provider.formats.zfile_header import ALGORITHMS
 from overlaybd_provider.formats.zfile_spool import CompressedSpool
@@ -38,3 +39,22 @@ def test_close_while_a_view_is_still_held(tmp_path) -> None:
     spool.close()
     assert kept[0].tobytes() == b"x" * 10  # the mapping outlives close while a view needs it
     kept.clear()
+
+
+def test_worker_disk_full_keeps_the_errno(small_fs, monkeypatch) -> None:
+    """The compressor process writes the spool: its ENOSPC reaches the parent as ENOSPC, so the
+    CLI reports a full disk instead of a traceback."""
+    import errno
+    import random
+
+    monkeypatch.setattr(zfile_spool, "ASSIST_BACKLOG", 1000)  # the worker compresses every job
+    full = small_fs("1m")
+    spool = CompressedSpool(BatchCompressor(ALGORITHMS["lz4"], BS), spool_dir=str(full), worker=True)
+    try:
+        with pytest.raises(OSError) as info:
+            spool.append(random.Random(5).randbytes(4 << 20))  # incompressible: 4 MiB stored
+            spool.sync()
+        assert info.value.errno == errno.ENOSPC and "block compressor failed" in str(info.value)
+    finally:
+        spool.close()
+    assert list(full.iterdir()) == []

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from overlaybd_provider.errors import writing
 from overlaybd_provider.ext4.blockdev import LowerStack, OverlayBlockDevice
 from overlaybd_provider.ext4.changeset import ApplyStats, apply_tar
 from overlaybd_provider.ext4.errors import DiffIdMismatchError, Ext4Error
@@ -197,18 +198,26 @@ def apply_layer(lowers: Sequence[str | os.PathLike[str]], tar_path_or_fileobj: s
                     raise Ext4Error(f"{tar_path_or_fileobj}: cannot open: {exc.strerror}") from None
             else:
                 tar = tar_path_or_fileobj
-            fd, tmp_name = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp",
-                                            dir=out_path.parent or ".")
-            umask = os.umask(0)
-            os.umask(umask)
-            os.fchmod(fd, 0o666 & ~umask)
-            with os.fdopen(fd, "w+b") as out:
-                res = apply_to_stack(stack, tar, out, vsize_gb=vsize_gb, raw=raw, algorithm=algorithm,
-                                     block_size_kb=block_size_kb, uuid=uuid, parent_uuid=parent_uuid,
-                                     mkfs_options=mkfs_options, spool_dir=str(out_path.parent),
-                                     diff_id=diff_id, source_digest=source_digest)
-                out.flush()
-        os.replace(tmp_name, out_path)
+            # the output, its temporary name and the spool files all live in out_path's directory:
+            # a full disk there (or in the compressor process writing the spool) names out_path
+            with writing(out_path):
+                fd, tmp_name = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp",
+                                                dir=out_path.parent or ".")
+                umask = os.umask(0)
+                os.umask(umask)
+                os.fchmod(fd, 0o666 & ~umask)
+                out = os.fdopen(fd, "w+b")
+                try:
+                    res = apply_to_stack(stack, tar, out, vsize_gb=vsize_gb, raw=raw, algorithm=algorithm,
+                                         block_size_kb=block_size_kb, uuid=uuid, parent_uuid=parent_uuid,
+                                         mkfs_options=mkfs_options, spool_dir=str(out_path.parent),
+                                         diff_id=diff_id, source_digest=source_digest)
+                    out.flush()
+                except BaseException:
+                    _close_quietly(out)  # its flush may fail again on a full disk: the first error wins
+                    raise
+                out.close()
+                os.replace(tmp_name, out_path)
         tmp_name = None
         return ApplyResult(res.digest, res.size, res.blocks_written, res.stats.files, res.stats.entries,
                            res.tar_bytes, res.compression, time.monotonic() - started)

@@ -149,7 +149,9 @@ class CompressedSpool:
             raise self._died()
         status, count = _ACK.unpack(head)
         if status:
-            raise OSError(f"block compressor failed: {_read_exact(self._ack_r, count).decode(errors='replace')}")
+            text = _read_exact(self._ack_r, count).decode(errors="replace")
+            message = f"block compressor failed: {text}"
+            raise OSError(status - 1, message) if status > 1 else OSError(message)
         lengths = array("I")
         lengths.frombytes(_read_exact(self._ack_r, 4 * count))
         self._finish(first, base, lengths)
