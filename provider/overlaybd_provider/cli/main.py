@@ -58,6 +58,10 @@ def run(argv: Sequence[str] | None = None) -> int:
         format="%(message)s",
         stream=sys.stderr,
     )
+    from overlaybd_provider.oci.redact import install_redaction
+
+    install_redaction(*logging.getLogger().handlers)  # whatever logs a URL or a header: no secrets
+    install_redaction()
     try:
         return int(args.func(args) or 0)
     except OverlaybdError as exc:

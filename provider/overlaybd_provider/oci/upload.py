@@ -27,8 +27,8 @@ from overlaybd_provider.oci.errors import (
     RegistryUnavailableError,
 )
 from overlaybd_provider.oci.hosts import Endpoint
+from overlaybd_provider.oci.redact import redact_url
 from overlaybd_provider.oci.retry import RetryState
-from overlaybd_provider.oci.transport import redact_url
 
 log = logging.getLogger(__name__)
 
