@@ -198,3 +198,15 @@ def test_uuid_chain_rules() -> None:
         assert b.read(offset, length) == LayerStack([b], check_chain=False).read(offset, length)
     with pytest.raises(StackError, match="at most 255"):
         LayerStack([a] * 256, check_chain=False)
+
+
+def test_lsmt_reader_does_not_import_the_stack() -> None:
+    """stack imports lsmt_reader; the reverse made an import cycle (docs/architecture.md)."""
+    import ast
+    from pathlib import Path
+
+    import overlaybd_provider.formats.lsmt_reader as mod
+
+    tree = ast.parse(Path(mod.__file__).read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert "overlaybd_provider.formats.stack" not in imported
