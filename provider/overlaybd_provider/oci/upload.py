@@ -189,6 +189,7 @@ class BlobUploads:
                 if not resent:
                     # the same PUT on the same session first: that retry is one request, so no
                     # pattern of failures (every 2nd request, say) lines up with every retry
+                    log.info("retrying PUT of %s in the same upload session after %s", digest, exc.reason)
                     resent = True
                     continue
                 if self.blob_exists(repository, digest):  # committed, only the answers were lost
@@ -236,6 +237,7 @@ class BlobUploads:
                     # first resend the same chunk (one request: no failure pattern lines up with
                     # every retry); if the registry did store something it refuses the resend
                     # (416, or it drops the connection), and the next retry asks where it stands
+                    log.info("retrying PATCH %d-%d of %s after %s", start, start + n - 1, digest, exc.reason)
                     resent = True
                     continue
                 resent = False
