@@ -25,6 +25,7 @@ pytest_plugins = [
     "support.fsjudge",
     "support.registry",
     "support.mariadb",
+    "support.smallfs",
 ]
 
 

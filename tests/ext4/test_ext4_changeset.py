@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import tarfile
 
-from .judge import d, f
+import pytest
+from overlaybd_provider.errors import OverlaybdError
+
+from .judge import d, f, make_tar
 
 
 def lnk(name: str, target: str) -> dict:
@@ -135,3 +139,80 @@ def test_inserts_split_full_htree_leaves_in_place(stack, tmp_path) -> None:
     # 150 data blocks + inode-table blocks of 150 new and 445 deleted inodes + the leaves
     assert res.blocks_written < 150 + 10 + 4000 // 16 + first.size // 4096 + 50  # + split leaves
     assert_trees_equal(read_tree(img.raw), expected_tree([t1, t2]))
+
+
+# -- out-of-range metadata never wraps -----------------------------------------------------------
+
+@pytest.mark.parametrize("fmt, field, value", [
+    (tarfile.PAX_FORMAT, "uid", 1 << 40),        # PAX uid: used to be stored as 0 (root)
+    (tarfile.GNU_FORMAT, "uid", (1 << 32) + 1000),  # base-256: used to become 1000
+    (tarfile.PAX_FORMAT, "uid", -5),             # used to become 4294967291
+    (tarfile.GNU_FORMAT, "gid", -5),             # negative base-256
+    (tarfile.PAX_FORMAT, "gid", 1 << 32),
+])
+def test_owner_outside_32_bits_is_refused(stack, fmt: int, field: str, value: int) -> None:
+    with pytest.raises(OverlaybdError) as info:
+        stack.apply(make_tar([f("ok", b"1"), f("etc/owned", b"x", **{field: value})], fmt))
+    assert str(info.value) == f"etc/owned: {field} {value} outside 0..4294967295"
+
+
+def test_owner_limits_and_garbage_pax_ids(stack) -> None:
+    stack.apply(make_tar([f("max", b"x", uid=(1 << 32) - 1, gid=(1 << 32) - 1)], tarfile.PAX_FORMAT))
+    st = stack.image().stat("/max")
+    assert (st.uid, st.gid) == ((1 << 32) - 1, (1 << 32) - 1)
+    with pytest.raises(OverlaybdError, match=r"^bad: PAX uid 'root' is not a number$"):
+        stack.apply([f("bad", b"x", pax_headers={"uid": "root"})])  # tarfile would make it 0
+
+
+def test_mtimes_beyond_ext4_are_clamped_with_one_warning(stack, caplog) -> None:
+    caplog.set_level(logging.WARNING, logger="overlaybd_provider.ext4.changeset")
+    stack.apply([
+        f("ok", b"x", pax_headers={"mtime": "1700000000.5"}),
+        f("ancient", b"x", pax_headers={"mtime": "-1000000000000"}),  # used to land in year 2401
+        d("future", pax_headers={"mtime": "1099511627776.25"}),
+        f("future/f", b"x", pax_headers={"mtime": "Infinity"}),
+        f("edge_lo", b"x", pax_headers={"mtime": str(-(1 << 31))}),
+        f("edge_hi", b"x", pax_headers={"mtime": str((1 << 34) - 1 - (1 << 31)) + ".5"}),
+    ])
+    img = stack.image()
+    st = img.stats(["/ok", "/ancient", "/future", "/future/f", "/edge_lo", "/edge_hi"])
+    got = {p: (s.mtime, s.mtime_ns, s.atime, s.ctime) for p, s in st.items()}
+    lo, hi = -(1 << 31), (1 << 34) - 1 - (1 << 31)
+    assert got == {
+        "/ok": (1700000000, 500000000, 1700000000, 1700000000),
+        "/ancient": (lo, 0, lo, lo),
+        "/future": (hi, 0, hi, hi),
+        "/future/f": (hi, 0, hi, hi),
+        "/edge_lo": (lo, 0, lo, lo),
+        "/edge_hi": (hi, 500000000, hi, hi),
+    }
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [f"{stack.tmp / 'layer0.tar'}: 3 entries have times ext4 cannot store, clamped to "
+                        f"{lo}..{hi} (first: 'ancient', mtime -1000000000000)"]
+
+
+# -- whiteouts of names near the 255-byte limit ---------------------------------------------------
+
+def test_whiteout_of_a_255_byte_name(stack) -> None:
+    """``.wh.`` + a 252..255-byte name is 256..259 bytes: the whiteout entry is never written,
+    only its target must fit ext4's 255 bytes (upstream applies it)."""
+    names = ["a" * 252, "b" * 255, "c" * 255]
+    stack.apply([d("dir"), *(f(f"dir/{n}", n[:1].encode()) for n in names), d("d" * 255), f(f"{'d' * 255}/x", b"x")])
+    stack.apply([f(f"dir/.wh.{names[0]}"), f(f"dir/.wh.{names[1]}"), f(f".wh.{'d' * 255}"),
+                 f(f"dir/.wh..wh.{'m' * 250}")])  # a meta entry of 258 bytes: ignored
+    img = stack.image()
+    assert sorted(img.listdir("/dir")) == [names[2]]
+    assert not img.exists("/" + "d" * 255)
+
+
+def test_opaque_dir_with_255_byte_children(stack) -> None:
+    stack.apply([f("o/" + "l" * 255, b"lower")])
+    stack.apply([f("o/.wh..wh..opq"), f("o/" + "n" * 255, b"new")])
+    assert sorted(stack.image().listdir("/o")) == ["n" * 255]
+
+
+def test_whiteout_target_longer_than_255_is_refused(stack) -> None:
+    with pytest.raises(OverlaybdError, match=r"^dir/\.wh\.z+: whiteout of a name of 256 bytes \(ext4 allows 255\)$"):
+        stack.apply([f("dir/.wh." + "z" * 256)])
+    with pytest.raises(OverlaybdError, match=r"name component of 256 bytes"):
+        stack.apply([f("dir/" + "z" * 256)])  # an ordinary name is still limited

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
 import subprocess
 import tarfile
 from pathlib import Path
@@ -21,7 +22,7 @@ def _apply_fails(tmp_path: Path, data: bytes, match: str, **kw) -> None:
     tar.write_bytes(data)
     out = tmp_path / "out.blob"
     with pytest.raises(OverlaybdError, match=match) as info:
-        apply_layer([], tar, out, vsize_gb=1, **kw)
+        apply_layer([], tar, out, **{"vsize_gb": 1, **kw})
     assert "\n" not in str(info.value)
     assert not out.exists()
     assert [p.name for p in tmp_path.iterdir()] == ["bad.tar"]  # no temp or spool files left
@@ -52,7 +53,7 @@ def test_unsupported_entry_type(tmp_path: Path) -> None:
 
 def test_truncated_member_data(tmp_path: Path) -> None:
     data = make_tar([f("small", b"s"), f("big", b"x" * 100_000)])
-    _apply_fails(tmp_path, data[:60_000], r"corrupt or truncated tar after entry 'small'")
+    _apply_fails(tmp_path, data[:60_000], r"truncated tar: entry 'big' declares 100000 bytes of data, the archive ends after 58\d\d\d$")
 
 
 def test_missing_end_of_archive(tmp_path: Path) -> None:
@@ -64,7 +65,7 @@ def test_corrupt_header_checksum(tmp_path: Path) -> None:
     data = bytearray(make_tar([f("a", b"1"), f("b", b"2")]))
     pos = data.index(b"b\0", 512)  # second header's name field
     data[pos] = ord("c")
-    _apply_fails(tmp_path, bytes(data), r"corrupt or truncated tar after entry 'a'")
+    _apply_fails(tmp_path, bytes(data), r"^tar header at offset 1024: checksum mismatch \(stored \d{6}, computed \d{6}\)$")
 
 
 def test_corrupt_and_truncated_gzip(tmp_path: Path) -> None:
@@ -120,3 +121,39 @@ def test_gzip_and_zstd_inputs_give_the_same_layer(tmp_path: Path) -> None:
     with open(tmp_path / "p.tar", "rb") as src:
         res = apply_layer([], io.BufferedReader(src), tmp_path / "stream.blob", vsize_gb=1)
     assert {res.digest} == digests
+
+
+def _huge_entry(fmt: int, size: int) -> bytes:
+    """One regular-file header declaring ``size`` bytes, followed by only 4 KiB of data."""
+    ti = tarfile.TarInfo("big.bin")
+    ti.size = size
+    return ti.tobuf(fmt) + b"x" * 4096
+
+
+@pytest.mark.parametrize("worker", ["1", "0"])  # compressor ring in a worker process, or inline
+@pytest.mark.parametrize("fmt", [tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])  # base-256 / pax size
+def test_huge_entry_with_little_data_is_one_tar_error(tmp_path: Path, monkeypatch, worker: str, fmt: int) -> None:
+    """10 GiB declared, 4 KiB present: the LayerTarError must win over any view of the spool ring
+    still alive in its traceback (it used to become ``BufferError: cannot close exported
+    pointers exist``)."""
+    monkeypatch.setenv("OVERLAYBD_SPOOL_WORKER", worker)
+    _apply_fails(tmp_path, _huge_entry(fmt, 10 << 30),
+                 r"^truncated tar: entry 'big.bin' declares 10737418240 bytes of data, the archive ends after 4096$",
+                 vsize_gb=64)
+
+
+def test_truncated_plain_entry_names_it(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("OVERLAYBD_SPOOL_WORKER", "1")
+    _apply_fails(tmp_path, _huge_entry(tarfile.USTAR_FORMAT, 9 << 20),  # the fast (non-tarfile) path
+                 r"^truncated tar: entry 'big.bin' declares 9437184 bytes of data, the archive ends after 4096$")
+
+
+def test_cli_huge_entry_exit_2_one_line(tmp_path: Path, overlaybd_cmd: list[str]) -> None:
+    tar = tmp_path / "bad.tar"
+    tar.write_bytes(_huge_entry(tarfile.GNU_FORMAT, 10 << 30))
+    out = tmp_path / "out.blob"
+    proc = subprocess.run([*overlaybd_cmd, "apply-layer", str(tar), str(out)], capture_output=True, text=True,
+                          check=False, env={**os.environ, "OVERLAYBD_SPOOL_WORKER": "1"})
+    assert (proc.returncode, proc.stderr) == (2, "overlaybd: error: truncated tar: entry 'big.bin' declares "
+                                                 "10737418240 bytes of data, the archive ends after 4096\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.tar"]

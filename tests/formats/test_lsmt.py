@@ -173,14 +173,40 @@ def test_stack_matches_model(layers) -> None:
 
 
 def test_uuid_chain_rules() -> None:
-    a = LSMTReader(io.BytesIO(write_layer([(0, 8, 0)], 0, uuid="aaaaaaaa-0000-0000-0000-000000000000")[0]))
-    b = LSMTReader(io.BytesIO(write_layer([(0, 8, 0)], 1, uuid="bbbbbbbb-0000-0000-0000-000000000000",
-                                          parent="aaaaaaaa-0000-0000-0000-000000000000")[0]))
+    a = LSMTReader(io.BytesIO(write_layer([(0, 8, 0)], 0, uuid="aaaaaaaa-0000-0000-0000-000000000000")[0]),
+                   name="layer0")
+    b = LSMTReader(io.BytesIO(write_layer([(0, 8, 0), (20, 9, 0)], 1, uuid="bbbbbbbb-0000-0000-0000-000000000000",
+                                          parent="aaaaaaaa-0000-0000-0000-000000000000")[0]), name="layer1")
     c = LSMTReader(io.BytesIO(write_layer([(0, 8, 0)], 2, uuid="cccccccc-0000-0000-0000-000000000000",
-                                          parent="")[0]))
+                                          parent="")[0]), name="layer2")
     LayerStack([a, b, c])  # zero parent is accepted at any height
     with pytest.raises(StackError, match="parent_uuid AAAAAAAA"):
         LayerStack([a, c, b])
     LayerStack([a, c, b], check_chain=False)
+    with pytest.raises(StackError, match=r"^layer1: parent_uuid AAAAAAAA-0000-0000-0000-000000000000 is the uuid "
+                       r"of layer0, which is above it: give the layers bottom first$"):
+        LayerStack([b, a])  # wrong order
+    with pytest.raises(StackError, match=r"^layer1: parent_uuid AAAAAAAA-0000-0000-0000-000000000000, but it is "
+                       r"the bottom layer: its lower layer is missing$"):
+        LayerStack([b])  # an upper layer alone
+    with pytest.raises(StackError, match=r"^layer1: parent_uuid AAAAAAAA.* is the uuid of layer0, which is not "
+                       r"directly below it \(layer2 is\)"):
+        LayerStack([a, c, b])
+    LayerStack([b, a], check_chain=False)
+    LayerStack([c, a, b])  # zero parents anywhere (upstream's layer 0 on the base layer)
+    for offset, length in ((0, 16 * 512), (100, 1000), (5 * 512 + 7, 20 * 512), (30 * 512, 512), (9, 0)):
+        assert b.read(offset, length) == LayerStack([b], check_chain=False).read(offset, length)
     with pytest.raises(StackError, match="at most 255"):
         LayerStack([a] * 256, check_chain=False)
+
+
+def test_lsmt_reader_does_not_import_the_stack() -> None:
+    """stack imports lsmt_reader; the reverse made an import cycle (docs/architecture.md)."""
+    import ast
+    from pathlib import Path
+
+    import overlaybd_provider.formats.lsmt_reader as mod
+
+    tree = ast.parse(Path(mod.__file__).read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert "overlaybd_provider.formats.stack" not in imported

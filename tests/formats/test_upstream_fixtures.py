@@ -124,3 +124,33 @@ def test_zstd_64k_negative_vector(fixtures_dir: Path, tmp_path: Path, cli) -> No
     with open_layer(out) as again:
         assert again.zfile.block_size == 32768
         assert max(again.zfile.stored_length(i) for i in range(again.zfile.index_size)) <= 65536
+
+
+def test_export_refuses_a_wrong_order_or_a_missing_lower(fixtures_dir: Path, tmp_path: Path, cli) -> None:
+    d = fixtures_dir / "upstream-2layer"
+    l1, l2 = d / "layer-1.blob", d / "layer-2.blob"
+    out = tmp_path / "x.raw"
+    line = assert_user_error(cli("export", out, l2, l1), "layer-2.blob", "layer-1.blob")
+    assert line == (f"overlaybd: error: {l2}: parent_uuid 7AF54F0E-0391-D18C-D3F9-D7B2018BA113 is the uuid of "
+                    f"{l1}, which is above it: give the layers bottom first (--force stacks them anyway)")
+    line = assert_user_error(cli("export", out, l2), "layer-2.blob")
+    assert line == (f"overlaybd: error: {l2}: parent_uuid 7AF54F0E-0391-D18C-D3F9-D7B2018BA113, but it is the "
+                    f"bottom layer: its lower layer is missing (--force stacks them anyway)")
+    assert list(tmp_path.iterdir()) == []
+    assert cli("export", "--force", out, l2).returncode == 0  # e.g. to look at one upper layer alone
+    assert out.stat().st_size == 64 << 30
+
+
+@pytest.mark.parametrize("stack", [
+    ["upstream-2layer/layer-1.blob", "upstream-2layer/layer-2.blob"],
+    ["upstream-features/layer-1.blob", "upstream-features/layer-2.blob"],
+    ["baselayer", "upstream-2layer/layer-1.blob", "upstream-2layer/layer-2.blob"],  # layer 0: zero parent
+])
+def test_upstream_stacks_pass_the_chain_check(fixtures_dir: Path, base_layer: Path, stack) -> None:
+    files = [base_layer if s == "baselayer" else fixtures_dir / s for s in stack]
+    layers = [open_layer(f) for f in files]
+    try:
+        assert len(LayerStack([lf.lsmt for lf in layers]).layers) == len(files)
+    finally:
+        for lf in layers:
+            lf.close()

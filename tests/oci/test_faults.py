@@ -167,3 +167,42 @@ def test_retry_budget_is_restored_by_new_progress_only():
     assert state.attempts == 0 and state.wait() and state.wait()
     state.progress(8 << 20)  # behind the furthest point: nothing restored
     assert not state.wait()
+
+
+def test_registry_failing_every_second_request(registry, fault_proxy, registry_repo, image, tmp_path):
+    """Every 2nd request answers 503: each retry must be able to land on a good one. Pull
+    (resolve, manifests, blobs), monolithic and chunked pushes, and a manifest push all pass."""
+    fault_proxy.inject("status", 100_000, every=2, status=503)
+    client = _client(registry, fault_proxy, retry_backoff=0.01, retry_max_delay=0.05, chunk_size=32 << 10)
+    store = RemoteStore(client, registry_repo)
+    back = LayoutStore(tmp_path / "back")
+    copy_image(store, back, "v1", "v1")  # pull
+    assert back.resolve("v1").digest == image.digest
+    for n, size in enumerate((150_000, 5_000)):  # POST + 5 PATCHes + PUT / one PUT
+        data = os.urandom(size)
+        path = tmp_path / f"blob{n}"
+        path.write_bytes(data)
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        assert client.push_blob(registry_repo + "-push", path, digest, size) is True
+        out = tmp_path / f"back{n}"
+        RegistryClient(registry.host, registry.options()).fetch_blob(registry_repo + "-push", digest, out, size)
+        assert out.read_bytes() == data
+    copy_image(back, RemoteStore(client, registry_repo + "-copy"), "v1", "copied")  # push a whole image
+    direct = RegistryClient(registry.host, registry.options())
+    assert direct.resolve(registry_repo + "-copy", "copied").digest == image.digest
+    assert fault_proxy.faults[0].fired > 10
+
+
+def test_conversion_through_a_registry_failing_every_second_request(registry, fault_proxy, registry_repo, image,
+                                                                     tmp_path):
+    from overlaybd_provider.engine.convert import convert_image
+    from overlaybd_provider.engine.options import ConvertOptions
+
+    fault_proxy.inject("status", 100_000, every=2, status=503)
+    options = registry.options(retry_backoff=0.01, retry_max_delay=0.05)
+    report = convert_image(f"{fault_proxy.host}/{registry_repo}:v1", f"{fault_proxy.host}/{registry_repo}-obd:v1",
+                           ConvertOptions(work_dir=tmp_path / "work", blob_cache=None), src_registry=options,
+                           dst_registry=options)
+    direct = RegistryClient(registry.host, registry.options())
+    assert direct.resolve(registry_repo + "-obd", "v1").digest == report.target["digest"]
+    assert fault_proxy.faults[0].fired > 10

@@ -55,3 +55,40 @@ def test_http_trace_times_connections(tls_registry, registry, registry_repo):
     plain.blob_exists(registry_repo, "sha256:" + "0" * 64)
     [event] = plain.transport.trace_events
     assert event.connect_ms is not None and event.tls_ms is None
+
+
+def test_verbose_logs_redact_upload_state_and_credentials(auth_registry, registry_repo, tmp_path):
+    """``-v`` shows urllib3's request lines: the upload ``_state`` token of blob uploads (in every
+    Location URL) must be redacted there too, like ``--http-dump`` does, and no credential."""
+    import os
+    import subprocess
+
+    from support.imagegen import write_image
+    from support.paths import overlaybd_cli
+
+    src = tmp_path / "src"
+    write_image(src, "v1", [{"etc/a": os.urandom(3000)}])
+    dst = auth_registry.ref(registry_repo, "obd")
+    proc = subprocess.run(
+        [*overlaybd_cli(), "convert", f"oci:{src}:v1", dst, "-v", "--plain-http", "--db-url", "none",
+         "--blob-cache", "none", "-u", f"{auth_registry.username}:{auth_registry.password}"],
+        capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr
+    log = proc.stderr
+    assert "/blobs/uploads/" in log  # urllib3's request lines are there
+    assert "_state=<redacted>" in log
+    assert "_state=" not in log.replace("_state=<redacted>", "")
+    basic = base64.b64encode(f"{auth_registry.username}:{auth_registry.password}".encode()).decode()
+    assert auth_registry.password not in log and basic not in log
+
+
+def test_redact_text_finds_secrets_in_free_text():
+    from overlaybd_provider.oci.redact import redact_text
+
+    line = ('http://127.0.0.1:5000 "PATCH /v2/r/blobs/uploads/u1?_state=AbC%3D&digest=sha256:1 HTTP/1.1" 202 0 '
+            "then https://bob:pw@h/v2/?access_token=xyz&token=t2&scope=repository:r:pull "
+            "Authorization: Basic Ym9iOnB3 and authorization=Bearer eyJhbGciOi.x.y, X-Amz-Signature=s1")
+    assert redact_text(line) == (
+        'http://127.0.0.1:5000 "PATCH /v2/r/blobs/uploads/u1?_state=<redacted>&digest=sha256:1 HTTP/1.1" 202 0 '
+        "then https://h/v2/?access_token=<redacted>&token=<redacted>&scope=repository:r:pull "
+        "Authorization: <redacted> and authorization=<redacted>, X-Amz-Signature=<redacted>")

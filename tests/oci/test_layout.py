@@ -144,3 +144,61 @@ def test_open_store_default_reference(hello):
     assert store.resolve().digest == LayoutStore(hello).resolve("arm64").digest
     by_digest, _ = open_store(f"oci:{hello}@{DOCKER_LIST}")
     assert by_digest.resolve().media_type == MediaType.DOCKER_MANIFEST_LIST
+
+
+def _valid_layout(path) -> dict:
+    """What any OCI reader needs: ``oci-layout`` and an ``index.json`` that is an image index."""
+    assert json.loads((path / "oci-layout").read_text()) == {"imageLayoutVersion": "1.0.0"}
+    index = json.loads((path / "index.json").read_text())
+    assert index["schemaVersion"] == 2 and isinstance(index["manifests"], list)
+    assert LayoutStore(path).read_index() == index
+    return index
+
+
+def test_new_layout_has_an_index_before_any_blob(tmp_path):
+    store = LayoutStore(tmp_path / "new")
+    data = b"blob"
+    src = tmp_path / "b"
+    src.write_bytes(data)
+    store.push_blob(src, "sha256:" + hashlib.sha256(data).hexdigest(), len(data))
+    assert _valid_layout(tmp_path / "new")["manifests"] == []
+    # an older layout without index.json is completed by the next write, tags are never lost
+    (tmp_path / "new" / "index.json").unlink()
+    store.push_manifest(b"{}", MediaType.OCI_MANIFEST.value, "t1")
+    store.push_blob(src, "sha256:" + hashlib.sha256(data).hexdigest(), len(data))
+    assert [m["annotations"]["org.opencontainers.image.ref.name"] for m in _valid_layout(tmp_path / "new")["manifests"]] == ["t1"]
+
+
+def test_failed_conversion_leaves_a_valid_layout_and_a_retry_succeeds(tmp_path, small_fs):
+    """A conversion into a new ``oci:`` directory fails for want of space after the layout was
+    created: the directory is still a valid (empty) layout for skopeo and for us, and once
+    there is room the same command succeeds."""
+    import random
+    import subprocess
+
+    from support.imagegen import write_image
+    from support.paths import overlaybd_cli, require_tool
+
+    skopeo = require_tool("skopeo")
+    src = tmp_path / "src"
+    write_image(src, "v1", [{"etc/a": b"a"}, {"data/noise": random.Random(3).randbytes(6 << 20)}])
+    disk = small_fs("2m")
+    dst = disk / "layout"
+    cmd = [*overlaybd_cli(), "convert", f"oci:{src}:v1", f"oci:{dst}:obd", "--oci", "--db-url", "none",
+           "--blob-cache", "none", "--work-dir", str(tmp_path / "work")]  # --oci: skopeo skips Docker types
+    failed = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    assert failed.returncode == 2 and "no space left on device" in failed.stderr, failed.stderr
+    assert _valid_layout(dst)["manifests"] == []
+    probe = subprocess.run([skopeo, "inspect", f"oci:{dst}:obd"], capture_output=True, text=True, check=False)
+    assert probe.returncode != 0 and "index.json" not in probe.stderr, probe.stderr  # no tag yet, but a layout
+    subprocess.run(["mount", "-o", "remount,size=256m", str(disk)], check=True)  # room again
+    copy = subprocess.run([skopeo, "copy", f"oci:{src}:v1", f"oci:{dst}:plain"], capture_output=True, text=True,
+                          check=False)  # skopeo writes into it as into any layout
+    assert copy.returncode == 0, copy.stderr
+    retry = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    assert retry.returncode == 0, retry.stderr
+    names = [m["annotations"]["org.opencontainers.image.ref.name"] for m in _valid_layout(dst)["manifests"]]
+    assert sorted(names) == ["obd", "plain"]
+    inspect = subprocess.run([skopeo, "inspect", f"oci:{dst}:obd"], capture_output=True, text=True, check=False)
+    assert inspect.returncode == 0, inspect.stderr
+    assert len(json.loads(inspect.stdout)["Layers"]) == 2

@@ -165,3 +165,22 @@ def test_manifest_digest_verified_on_get(registry, registry_repo, tmp_path):
         client.get_manifest(registry_repo, "sha256:" + "0" * 64)
     assert info.value.status == 404 and "MANIFEST_UNKNOWN" in info.value.codes
     assert "MANIFEST_UNKNOWN" in str(info.value)
+
+
+def test_download_to_a_full_disk_names_the_destination(registry, registry_repo, tmp_path, small_fs):
+    from overlaybd_provider.errors import StorageError
+
+    data = os.urandom(3 << 20)
+    src = tmp_path / "blob"
+    src.write_bytes(data)
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    client = RegistryClient(registry.host, registry.options())
+    client.push_blob(registry_repo, src, digest, len(data))
+    full = small_fs("1m")
+    dest = full / "layer.tar.gz"
+    with pytest.raises(StorageError) as info:
+        client.fetch_blob(registry_repo, digest, dest, len(data))
+    assert str(info.value) == f"no space left on device writing {dest}" and info.value.path == str(dest)
+    assert list(full.iterdir()) == []  # the temporary file is gone
+    with pytest.raises(StorageError, match=r"^no space left on device writing .*/blobs/sha256/"):
+        LayoutStore(full / "layout").push_blob(src, digest, len(data))

@@ -13,7 +13,8 @@ registry did the work, its answer is lost).
 request body upstream and then drops both connections (an upload broken mid-PATCH: the registry
 keeps a partial chunk); ``cut`` resets after N bytes of the response body (a download broken
 mid-GET). ``skip=N`` lets the first N matching requests through before the rule fires (a fault
-on the fifth chunk of an upload).
+on the fifth chunk of an upload). ``every=N`` fires on every Nth matching request only (a
+registry that fails every second request defeats a retry that repeats the same request pattern).
 
 Bodies are streamed in ``PIPE_CHUNK`` pieces both ways, so a multi-GiB blob passes through in
 bounded memory; only bodies without a Content-Length (small error documents) are buffered.
@@ -48,7 +49,9 @@ class Fault:
     delay: float = 0.0
     after: int | None = None
     skip: int = 0
+    every: int = 1
     fired: int = 0
+    matched: int = 0
 
     def matches(self, method: str, path: str) -> bool:
         return (
@@ -88,8 +91,8 @@ class FaultProxy:
 
     def inject(self, kind: str, count: int, *, method: str | None = None, path: str | None = None,
                status: int = 500, retry_after: str | None = None, delay: float = 0.0,
-               after: int | None = None, skip: int = 0) -> Fault:
-        fault = Fault(kind, count, method, path, status, retry_after, delay, after, skip)
+               after: int | None = None, skip: int = 0, every: int = 1) -> Fault:
+        fault = Fault(kind, count, method, path, status, retry_after, delay, after, skip, every)
         with self._lock:
             self.faults.append(fault)
         return fault
@@ -108,6 +111,9 @@ class FaultProxy:
                 if fault.matches(method, path):
                     if fault.skip > 0:  # let this one pass, fire on a later match
                         fault.skip -= 1
+                        continue
+                    fault.matched += 1
+                    if fault.matched % fault.every:  # ``every=2``: only every 2nd match fires
                         continue
                     fault.count -= 1
                     fault.fired += 1

@@ -4,15 +4,12 @@ on success and removed on any failure, so bad input never leaves partial output 
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from overlaybd_provider.errors import OverlaybdError
-
-_OUTPUT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
+from overlaybd_provider.errors import OverlaybdError, storage_error
 
 
 class OutputError(OverlaybdError):
@@ -29,6 +26,9 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
     try:
         f = open(tmp, "w+b")  # noqa: SIM115 - closed below on every path
     except OSError as exc:
+        storage = storage_error(exc, target)
+        if storage is not None:
+            raise storage from None
         raise OutputError(f"{target}: cannot create output: {exc.strerror or exc}") from None
     try:
         yield f
@@ -36,9 +36,11 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
         f.close()
         os.replace(tmp, target)
     except BaseException as exc:
-        f.close()
+        with contextlib.suppress(OSError):  # closing flushes again: on a full disk that fails too
+            f.close()
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
-        if isinstance(exc, OSError) and exc.errno in _OUTPUT_ERRNOS:
-            raise OutputError(f"{target}: cannot write output: {exc.strerror}") from None
+        storage = storage_error(exc, target)
+        if storage is not None:
+            raise storage from None
         raise

@@ -21,8 +21,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("output", metavar="OUT.raw", help="raw image to write (replaced atomically)")
     p.add_argument("blobs", metavar="BLOB", nargs="+", help="layer files, bottom layer first")
     p.add_argument(
-        "--ignore-uuid-chain", action="store_true",
-        help="stack layers even if a parent_uuid does not match the uuid of the layer below",
+        "--ignore-uuid-chain", "--force", dest="ignore_uuid_chain", action="store_true",
+        help="stack layers even if a parent_uuid is not the uuid of the layer below (wrong order, "
+        "or an upper layer without its lower)",
     )
     p.add_argument("-v", "--verbose", action="store_true", help="log progress")
     p.set_defaults(func=run)
@@ -30,12 +31,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from overlaybd_provider.formats.blob import open_layer
+    from overlaybd_provider.formats.errors import StackError
     from overlaybd_provider.formats.export import export_raw
     from overlaybd_provider.formats.stack import LayerStack
 
     with contextlib.ExitStack() as stack:
         layers = [stack.enter_context(open_layer(path)) for path in args.blobs]
-        merged = LayerStack([layer.lsmt for layer in layers], check_chain=not args.ignore_uuid_chain)
+        try:
+            merged = LayerStack([layer.lsmt for layer in layers], check_chain=not args.ignore_uuid_chain)
+        except StackError as exc:
+            if args.ignore_uuid_chain:
+                raise
+            raise StackError(f"{exc} (--force stacks them anyway)") from None
         with atomic_output(args.output) as out:
             stats = export_raw(merged, out)
     log.debug(

@@ -3,7 +3,8 @@
 Each sub-command lives in its own module of this package and exposes
 ``register(subparsers)``, which adds a parser whose ``func`` default takes the parsed
 namespace and returns an exit status. Errors derived from :class:`OverlaybdError` are
-printed as one line (no traceback) with exit status 2.
+printed as one line (no traceback) with exit status 2, and so is an ``OSError`` saying the disk
+is full, over quota or read-only (``errors.storage_error``) that no layer below named a path for.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import sys
 from collections.abc import Sequence
 
 from overlaybd_provider import __version__
-from overlaybd_provider.errors import OverlaybdError
+from overlaybd_provider.errors import OverlaybdError, storage_error
 from overlaybd_provider.malloc import keep_large_buffers
 
 # Sub-command modules, in the order they appear in --help. A module missing here is skipped
@@ -57,10 +58,20 @@ def run(argv: Sequence[str] | None = None) -> int:
         format="%(message)s",
         stream=sys.stderr,
     )
+    from overlaybd_provider.oci.redact import install_redaction
+
+    install_redaction(*logging.getLogger().handlers)  # whatever logs a URL or a header: no secrets
+    install_redaction()
     try:
         return int(args.func(args) or 0)
     except OverlaybdError as exc:
         print(f"overlaybd: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        storage = storage_error(exc)  # disk full / quota / read-only where no path was attached
+        if storage is None:
+            raise
+        print(f"overlaybd: error: {storage}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("overlaybd: interrupted", file=sys.stderr)

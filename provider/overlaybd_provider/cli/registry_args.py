@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
-from overlaybd_provider.oci.options import RegistryOptions
+from overlaybd_provider.oci.options import PASSWORD_ENV, options_from_args
 
-PASSWORD_ENV = "OVERLAYBD_PASSWORD"
+__all__ = ["PASSWORD_ENV", "add_registry_arguments", "registry_options_from_args"]
+
+#: RegistryOptions from the flags below; lives in ``oci.options`` so that ``oci`` never imports ``cli``
+registry_options_from_args = options_from_args
 
 
 def add_registry_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -33,30 +35,3 @@ def add_registry_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     group.add_argument("--max-retries", type=int, default=5, metavar="N", help="retries of a failing request")
     group.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS", help="connect/read timeout")
     return parser
-
-
-def registry_options_from_args(args: argparse.Namespace) -> RegistryOptions:
-    """RegistryOptions from the flags above (missing attributes take the defaults)."""
-    username = password = None
-    user = getattr(args, "user", None)
-    if user:
-        username, sep, password = user.partition(":")
-        if not sep:
-            password = os.environ.get(PASSWORD_ENV) or None
-    return RegistryOptions(
-        username=username or None,
-        password=password,
-        plain_http=bool(getattr(args, "plain_http", False)),
-        skip_verify=bool(getattr(args, "skip_verify", False)),
-        ca_file=getattr(args, "tlscacert", None),
-        cert_file=getattr(args, "tlscert", None),
-        key_file=getattr(args, "tlskey", None),
-        cert_dir=getattr(args, "cert_dir", None),
-        hosts_dir=getattr(args, "hosts_dir", None),
-        docker_config=getattr(args, "docker_config", None),
-        refresh_token=getattr(args, "refresh", None),
-        http_dump=bool(getattr(args, "http_dump", False)),
-        http_trace=bool(getattr(args, "http_trace", False)),
-        max_retries=int(getattr(args, "max_retries", 5)),
-        timeout=float(getattr(args, "timeout", 60.0)),
-    )

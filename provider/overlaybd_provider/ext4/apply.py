@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from overlaybd_provider.errors import writing
 from overlaybd_provider.ext4.blockdev import LowerStack, OverlayBlockDevice
 from overlaybd_provider.ext4.changeset import ApplyStats, apply_tar
 from overlaybd_provider.ext4.errors import DiffIdMismatchError, Ext4Error
@@ -124,13 +125,15 @@ def apply_to_stack(lower: LowerStack | None, tar: BinaryIO, out: BinaryIO, *, vs
         try:
             counter = ForwardReader(stream)
             tf = open_tar_stream(counter)
-            stats = apply_tar(fs, tf)
+            stats = apply_tar(fs, tf, name=str(getattr(tar, "name", "layer")))
             while counter.read(1 << 20):  # drain padding: counts the whole tar, checks gzip/zstd trailers
                 pass
             if diff_id is not None and (got := content_digest(stream)) != diff_id:
                 raise DiffIdMismatchError(f"content {got} does not match the config's diff_id {diff_id}")
-        finally:
-            stream.close()  # stops a decoder process still running after an error
+        except BaseException:
+            _close_quietly(stream)  # stops a decoder process still running; the first error wins
+            raise
+        stream.close()
         if compressor is not None:
             from overlaybd_provider.ext4.seal import seal_blob
 
@@ -156,9 +159,19 @@ def apply_to_stack(lower: LowerStack | None, tar: BinaryIO, out: BinaryIO, *, vs
                 raise
         log.debug("layer: %d entries, %d blocks written, %d tar bytes (%s)", stats.entries, blocks,
                  counter.count, compression)
-        return StackApplyStats(blocks, stats, counter.count, compression, vsize, digest, size)
-    finally:
-        dev.close()
+    except BaseException:
+        _close_quietly(dev)
+        raise
+    dev.close()
+    return StackApplyStats(blocks, stats, counter.count, compression, vsize, digest, size)
+
+
+def _close_quietly(obj: object) -> None:
+    """Close after an error without replacing it: the error being raised is what the user sees."""
+    try:
+        obj.close()  # type: ignore[attr-defined]
+    except Exception as exc:  # logged: the original error propagates
+        log.debug("closing %r after an error failed too: %s", obj, exc)
 
 
 def apply_layer(lowers: Sequence[str | os.PathLike[str]], tar_path_or_fileobj: str | os.PathLike[str] | BinaryIO,
@@ -185,18 +198,26 @@ def apply_layer(lowers: Sequence[str | os.PathLike[str]], tar_path_or_fileobj: s
                     raise Ext4Error(f"{tar_path_or_fileobj}: cannot open: {exc.strerror}") from None
             else:
                 tar = tar_path_or_fileobj
-            fd, tmp_name = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp",
-                                            dir=out_path.parent or ".")
-            umask = os.umask(0)
-            os.umask(umask)
-            os.fchmod(fd, 0o666 & ~umask)
-            with os.fdopen(fd, "w+b") as out:
-                res = apply_to_stack(stack, tar, out, vsize_gb=vsize_gb, raw=raw, algorithm=algorithm,
-                                     block_size_kb=block_size_kb, uuid=uuid, parent_uuid=parent_uuid,
-                                     mkfs_options=mkfs_options, spool_dir=str(out_path.parent),
-                                     diff_id=diff_id, source_digest=source_digest)
-                out.flush()
-        os.replace(tmp_name, out_path)
+            # the output, its temporary name and the spool files all live in out_path's directory:
+            # a full disk there (or in the compressor process writing the spool) names out_path
+            with writing(out_path):
+                fd, tmp_name = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp",
+                                                dir=out_path.parent or ".")
+                umask = os.umask(0)
+                os.umask(umask)
+                os.fchmod(fd, 0o666 & ~umask)
+                out = os.fdopen(fd, "w+b")
+                try:
+                    res = apply_to_stack(stack, tar, out, vsize_gb=vsize_gb, raw=raw, algorithm=algorithm,
+                                         block_size_kb=block_size_kb, uuid=uuid, parent_uuid=parent_uuid,
+                                         mkfs_options=mkfs_options, spool_dir=str(out_path.parent),
+                                         diff_id=diff_id, source_digest=source_digest)
+                    out.flush()
+                except BaseException:
+                    _close_quietly(out)  # its flush may fail again on a full disk: the first error wins
+                    raise
+                out.close()
+                os.replace(tmp_name, out_path)
         tmp_name = None
         return ApplyResult(res.digest, res.size, res.blocks_written, res.stats.files, res.stats.entries,
                            res.tar_bytes, res.compression, time.monotonic() - started)

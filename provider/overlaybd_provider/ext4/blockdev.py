@@ -260,7 +260,8 @@ class OverlayBlockDevice:
         self._check_range(n, count)
         if self._zs is None or self._overlaps_upper(n, count):
             buf = bytearray(count * BLOCK_SIZE)
-            fill(memoryview(buf)[:nbytes])
+            with memoryview(buf) as whole, whole[:nbytes] as part:
+                fill(part)
             self.write_blocks(n, buf)
             return
         self._add_run(n, count, self._zs.append_from(nbytes, fill))
@@ -366,6 +367,8 @@ class OverlayBlockDevice:
         return total
 
     def close(self) -> None:
-        self._spool.close()
-        if self._zs is not None:
-            self._zs.close()
+        try:
+            self._spool.close()
+        finally:
+            if self._zs is not None:
+                self._zs.close()

@@ -11,6 +11,8 @@ lexically inside the root (``..`` at the root stays at the root).
 from __future__ import annotations
 
 import logging
+import math
+import re
 import tarfile
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -31,6 +33,13 @@ FAST_SYMLINK_MAX = 59
 SYMLINK_MAX = L.BLOCK_SIZE - 1
 _XATTR_PAX = "SCHILY.xattr."
 
+ID_MAX = 0xFFFFFFFF
+#: ext4 with 256-byte inodes: signed 32-bit seconds plus two epoch bits in *_extra (the kernel's
+#: EXT4_TIMESTAMP_MIN .. EXT4_EXTRA_TIMESTAMP_MAX, years 1901..2446)
+TIME_MIN = -(1 << 31)
+TIME_MAX = (1 << 34) - 1 + TIME_MIN
+_PAX_INT = re.compile(r"[+-]?[0-9]+")
+
 _REGULAR = (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE, tarfile.GNUTYPE_SPARSE)
 _DEVICES = {tarfile.CHRTYPE: L.S_IFCHR, tarfile.BLKTYPE: L.S_IFBLK, tarfile.FIFOTYPE: L.S_IFIFO}
 
@@ -45,43 +54,82 @@ class ApplyStats:
     files: int = 0
     dirs: int = 0
     data_bytes: int = 0
+    clamped_times: int = 0  # entries whose mtime was outside ext4's range
 
 
 def to_bytes(text: str) -> bytes:
     return text.encode("utf-8", "surrogateescape")
 
 
-def clean_path(name: bytes, what: str) -> Path:
-    """Lexically cleaned path components; never escapes the root."""
+def clean_path(name: bytes, what: str, *, entry: bool = False) -> Path:
+    """Lexically cleaned path components; never escapes the root. For an ``entry`` name, a last
+    component that is a whiteout may be longer than 255 bytes: the whiteout itself is never
+    written, only its target must fit (``.wh.`` + a 255-byte name is 259 bytes)."""
     comps = name.split(b"/")
     if b"" not in comps and b"." not in comps and b".." not in comps and max(map(len, comps)) <= 255:
         return tuple(comps)  # already clean (the usual case)
     parts: list[bytes] = []
-    for comp in name.split(b"/"):
+    long_last = False  # the last part kept is a long whiteout name (checked by the applier)
+    for comp in comps:
         if comp in (b"", b"."):
             continue
         if comp == b"..":
             if parts:
                 parts.pop()
+            long_last = False
             continue
+        if long_last:  # a long whiteout name that turned out not to be the last component
+            _too_long(parts[-1], what)
         if len(comp) > 255:
-            raise LayerEntryError(f"{what}: name component of {len(comp)} bytes (ext4 allows 255)")
+            if not (entry and comp.startswith(WHITEOUT_PREFIX)):
+                _too_long(comp, what)
+            long_last = True
         parts.append(comp)
     return tuple(parts)
 
 
+def _too_long(comp: bytes, what: str) -> None:
+    raise LayerEntryError(f"{what}: name component of {len(comp)} bytes (ext4 allows 255)")
+
+
 def entry_mtime(ti: tarfile.TarInfo) -> tuple[int, int]:
-    """(seconds, nanoseconds) from PAX ``mtime`` (floor + fraction) or the ustar field."""
+    """(seconds, nanoseconds) from PAX ``mtime`` (floor + fraction) or the ustar field; not yet
+    limited to what ext4 stores (:func:`clamp_time`). An infinite PAX value is one past a limit."""
     text = ti.pax_headers.get("mtime")
     if text is not None:
         try:
             value = Decimal(text)
+            if value.is_infinite():
+                return (TIME_MAX + 1 if value > 0 else TIME_MIN - 1), 0
             sec = int(value.to_integral_value(rounding="ROUND_FLOOR"))
             nsec = int((value - sec) * 1_000_000_000)
             return sec, min(nsec, 999_999_999)
         except (InvalidOperation, ValueError):
             pass
-    return int(ti.mtime), 0
+    mtime = ti.mtime
+    if isinstance(mtime, float) and not math.isfinite(mtime):
+        return (0 if math.isnan(mtime) else TIME_MAX + 1 if mtime > 0 else TIME_MIN - 1), 0
+    return int(mtime), 0
+
+
+def clamp_time(sec: int, nsec: int) -> tuple[int, int] | None:
+    """The time clamped to ext4's range (as the kernel's ``timestamp_truncate``: nanoseconds
+    dropped), or None when it fits."""
+    if TIME_MIN <= sec <= TIME_MAX:
+        return None
+    return max(TIME_MIN, min(TIME_MAX, sec)), 0
+
+
+def _owner_id(ti: tarfile.TarInfo, field: str, what: str) -> int:
+    """uid/gid as ext4 stores it (32 bits); out of range is refused, never wrapped (2^40 would
+    become 0, root). A PAX value that is not a number is refused too (tarfile would make it 0)."""
+    text = ti.pax_headers.get(field) if ti.pax_headers else None
+    if text is not None and not _PAX_INT.fullmatch(text):
+        raise LayerEntryError(f"{what}: PAX {field} {text!r} is not a number")
+    value = int(text) if text is not None else getattr(ti, field)
+    if not 0 <= value <= ID_MAX:
+        raise LayerEntryError(f"{what}: {field} {value} outside 0..{ID_MAX}")
+    return value
 
 
 def encode_dev(major: int, minor: int) -> bytes:
@@ -105,6 +153,9 @@ class ChangesetApplier:
         self.stats = ApplyStats()
         self._last_parent_path: Path | None = None
         self._last_parent: DirState | None = None
+        self._times_of: tarfile.TarInfo | None = None  # the entry _times last looked at
+        self._times_val = (0, 0)
+        self.first_clamped: tuple[str, int] | None = None  # (entry, its mtime) for the warning
 
     # -- bookkeeping ---------------------------------------------------------------------
     def _keep(self, path: Path) -> int:
@@ -153,8 +204,23 @@ class ChangesetApplier:
         return d
 
     # -- metadata ---------------------------------------------------------------------------
+    def _times(self, ti: tarfile.TarInfo, what: str) -> tuple[int, int]:
+        """The entry's (seconds, nanoseconds) as stored, clamped to ext4's range; each entry is
+        counted once however often its time is applied."""
+        if ti is self._times_of:
+            return self._times_val
+        sec, nsec = entry_mtime(ti)
+        clamped = clamp_time(sec, nsec)
+        if clamped is not None:
+            self.stats.clamped_times += 1
+            if self.first_clamped is None:
+                self.first_clamped = (what, sec)
+            sec, nsec = clamped
+        self._times_of, self._times_val = ti, (sec, nsec)
+        return sec, nsec
+
     def _set_meta(self, inode: Inode, ti: tarfile.TarInfo, what: str, *, chmod: bool = True) -> None:
-        inode.uid, inode.gid = ti.uid & 0xFFFFFFFF, ti.gid & 0xFFFFFFFF
+        inode.uid, inode.gid = _owner_id(ti, "uid", what), _owner_id(ti, "gid", what)
         inode.l_i_version += 1
         pax = ti.pax_headers
         attrs = {k[len(_XATTR_PAX):]: to_bytes(v) for k, v in pax.items()
@@ -171,7 +237,7 @@ class ChangesetApplier:
                 self.fs.set_xattrs(inode, attrs, what)
             except Ext4Error as exc:
                 raise LayerEntryError(f"{what}: {exc}") from None
-        inode.set_times(*entry_mtime(ti))
+        inode.set_times(*self._times(ti, what))
         inode.l_i_version += 1
         if chmod:
             inode.i_mode = (inode.i_mode & L.S_IFMT) | (ti.mode & 0o7777)
@@ -182,7 +248,7 @@ class ChangesetApplier:
         what = ti.name
         self.fs.alloc.context = what
         self.stats.entries += 1
-        path = clean_path(to_bytes(ti.name), what)
+        path = clean_path(to_bytes(ti.name), what, entry=True)
         kind = ti.type
         is_dir = ti.isdir()
         if not (is_dir or kind in _REGULAR or kind in _DEVICES or kind in (tarfile.LNKTYPE, tarfile.SYMTYPE)):
@@ -194,7 +260,7 @@ class ChangesetApplier:
         parent_path, base = path[:-1], path[-1]
         parent = self._parent(parent_path, what)
         if base.startswith(WHITEOUT_PREFIX):
-            self._whiteout(parent, parent_path, base)
+            self._whiteout(parent, parent_path, base, what)
             return
         link_ino = None
         if kind == tarfile.LNKTYPE:
@@ -217,7 +283,7 @@ class ChangesetApplier:
             self._remove(parent, parent_path, base)
         if is_dir:
             d = self.ns.mkdir(parent, base, lambda inode: self._set_meta(inode, ti, what))
-            self.dir_times[path] = entry_mtime(ti)
+            self.dir_times[path] = self._times(ti, what)
             self.stats.dirs += 1
             del d
         elif link_ino is not None:
@@ -229,12 +295,14 @@ class ChangesetApplier:
             self._create(tf, ti, parent, base, what)
         self._mark(path, is_dir)
 
-    def _whiteout(self, parent: DirState, parent_path: Path, base: bytes) -> None:
+    def _whiteout(self, parent: DirState, parent_path: Path, base: bytes, what: str) -> None:
         if base == OPAQUE_MARKER:
             for cname in sorted(parent.entries):
                 self._remove(parent, parent_path, cname, self._keep)
-        elif not base.startswith(WHITEOUT_META_PREFIX):
+        elif not base.startswith(WHITEOUT_META_PREFIX):  # other .wh..wh.* entries are ignored
             target = base[len(WHITEOUT_PREFIX):]
+            if len(target) > 255:
+                raise LayerEntryError(f"{what}: whiteout of a name of {len(target)} bytes (ext4 allows 255)")
             if target and target in parent.entries:
                 self._remove(parent, parent_path, target, self._keep)
 
@@ -242,7 +310,7 @@ class ChangesetApplier:
         inode = self.fs.get_inode(ino)
         self._set_meta(inode, ti, what)
         self.fs.put_inode(ino, inode)
-        self.dir_times[path] = entry_mtime(ti)
+        self.dir_times[path] = self._times(ti, what)
         self.stats.dirs += 1
 
     def _create(self, tf: tarfile.TarFile, ti: tarfile.TarInfo, parent: DirState, base: bytes,
@@ -296,19 +364,31 @@ class ChangesetApplier:
         self.fs.flush()
 
 
-def apply_tar(fs: Filesystem, tf: tarfile.TarFile) -> ApplyStats:
-    """Apply every member of an open stream-mode tarfile, then flush."""
+def apply_tar(fs: Filesystem, tf: tarfile.TarFile, *, name: str = "layer") -> ApplyStats:
+    """Apply every member of an open stream-mode tarfile, then flush; ``name`` (the layer's
+    file) is for the one warning about clamped times."""
     ns = Namespace(fs)
     applier = ChangesetApplier(fs, ns)
     last = "<start of archive>"
+    current = None  # the entry being applied (its data is being read)
     try:
         for ti in tf:
+            current = ti
             applier.apply_entry(tf, ti)
-            last = ti.name
+            last, current = ti.name, None
     except (tarfile.TarError, EOFError) as exc:
+        if current is not None and current.size and hasattr(tf, "tell"):
+            got = max(0, min(current.size, tf.tell() - current.offset_data))
+            raise LayerTarError(f"truncated tar: entry {current.name!r} declares {current.size} bytes of data, "
+                                f"the archive ends after {got}") from None
         raise LayerTarError(f"corrupt or truncated tar after entry {last!r}: {exc}") from None
     end = getattr(tf, "_obd_end", None)
     if end is not None:
         raise LayerTarError(f"corrupt or truncated tar after entry {last!r}: {end}")
     applier.finish()
+    if applier.first_clamped is not None:
+        entry, sec = applier.first_clamped
+        n = applier.stats.clamped_times
+        log.warning("%s: %d %s ext4 cannot store, clamped to %d..%d (first: %r, mtime %d)", name, n,
+                    "entry has a time" if n == 1 else "entries have times", TIME_MIN, TIME_MAX, entry, sec)
     return applier.stats

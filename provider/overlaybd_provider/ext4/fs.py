@@ -237,7 +237,8 @@ class Filesystem:
             nonlocal remaining
             got = 0
             while got < len(view):
-                n = readinto(view[got:])  # type: ignore[misc]
+                with view[got:] as rest:  # released even if readinto raises (see tarstream.readinto)
+                    n = readinto(rest)  # type: ignore[misc]
                 if not n:
                     raise short(got)
                 got += n

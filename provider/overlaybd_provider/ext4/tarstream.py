@@ -67,14 +67,58 @@ class ForwardReader:
         return n
 
 
+_OCTAL = b"01234567"
+_HIGH_BYTES = bytes(range(128, 256))
+
+
+def _stored_checksum(field: bytes) -> int | None:
+    """The checksum field read as Go's ``archive/tar`` (containerd's extractor) reads it: octal
+    digits padded with spaces or NULs, up to the first NUL; None when it is not a number."""
+    digits = field.strip(b" \0")
+    p = digits.find(b"\0")
+    if p >= 0:
+        digits = digits[:p]
+    if digits.translate(None, _OCTAL):
+        return None
+    return int(digits, 8) if digits else 0
+
+
+def check_header(h: bytes, offset: int) -> None:
+    """Refuse a non-zero 512-byte header whose checksum is wrong. POSIX sums the bytes as
+    unsigned, some old tars as signed chars: either is accepted (GNU, ustar and v7 alike)."""
+    stored = _stored_checksum(h[148:156])
+    unsigned = 256 + sum(h) - sum(h[148:156])
+    if stored == unsigned:
+        return
+    rest = h[:148] + h[156:]
+    signed = unsigned - 256 * (len(rest) - len(rest.translate(None, _HIGH_BYTES)))
+    if stored == signed:
+        return
+    shown = f"{stored:06o}" if stored is not None else repr(h[148:156])
+    computed = f"{unsigned:06o}" + (f" or {signed:06o} signed" if signed != unsigned else "")
+    prefix = "not a tar archive: " if offset == 0 else ""
+    raise LayerTarError(f"{prefix}tar header at offset {offset}: checksum mismatch "
+                        f"(stored {shown}, computed {computed})")
+
+
 class _TarInfo(tarfile.TarInfo):
-    """Records why the header loop ended: tarfile silently stops on a truncated or corrupt
-    header after the first member, which must be an error for us (no partial layers)."""
+    """Checks every header's checksum strictly (tarfile, like Python's ``int()``, accepts a
+    field such as ``"\\x1d12345"``) and records why the header loop ended: tarfile silently stops
+    on a truncated or corrupt header after the first member, which must be an error for us
+    (no partial layers)."""
 
     @classmethod
     def fromtarfile(cls, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:  # type: ignore[override]
         try:
-            return super().fromtarfile(tarfile_)
+            # tarfile.TarInfo.fromtarfile, with the checksum checked where the offset is known
+            fileobj = tarfile_.fileobj
+            offset = fileobj.tell()  # type: ignore[union-attr]
+            buf = fileobj.read(tarfile.BLOCKSIZE)  # type: ignore[union-attr]
+            if len(buf) == tarfile.BLOCKSIZE and buf != _ZERO_HEADER:
+                check_header(buf, offset)
+            obj = cls.frombuf(buf, tarfile_.encoding, tarfile_.errors)
+            obj.offset = offset
+            return obj._proc_member(tarfile_)  # type: ignore[attr-defined]
         except tarfile.EOFHeaderError:
             tarfile_._obd_end = None  # type: ignore[attr-defined]
             raise
@@ -142,8 +186,8 @@ def _text(field: bytes) -> str:
 
 
 def _checksum(h: bytes) -> None:
-    if _number(h[148:156]) != 256 + sum(h) - sum(h[148:156]):
-        raise _Slow  # maybe a signed-char checksum, or a corrupt header: tarfile decides
+    if _stored_checksum(h[148:156]) != 256 + sum(h) - sum(h[148:156]):
+        raise _Slow  # maybe a signed-char checksum, or a corrupt header: the full parser decides
 
 
 def _parse_plain(h: bytes, cls: type[TarMember] = TarMember) -> TarMember:
@@ -260,24 +304,29 @@ class TarReader:
         return b"".join(parts)
 
     def readinto(self, b: memoryview) -> int:
-        """Fill ``b`` from the buffer, then straight from the stream (no intermediate bytes)."""
-        view = memoryview(b).cast("B")
-        buf, pos = self._buf, self._pos
-        done = min(len(buf) - pos, len(view))
-        if done:
-            view[:done] = memoryview(buf)[pos:pos + done]
-            self._pos = pos + done
-        if done < len(view):
-            self._base += len(buf)
-            self._buf, self._pos = b"", 0
-            while done < len(view) and not self._eof:
-                n = self._src.readinto(view[done:])
-                if not n:
-                    self._eof = True
-                    break
-                done += n
-                self._base += n
-        return done
+        """Fill ``b`` from the buffer, then straight from the stream (no intermediate bytes).
+
+        Every view made here is released on the way out, also when the stream raises: ``b``
+        may be a slice of the compressor's shared ring, which cannot be unmapped while a view
+        of it is alive (a traceback would otherwise keep them alive)."""
+        with memoryview(b) as outer, outer.cast("B") as view:
+            buf, pos = self._buf, self._pos
+            done = min(len(buf) - pos, len(view))
+            if done:
+                view[:done] = memoryview(buf)[pos:pos + done]
+                self._pos = pos + done
+            if done < len(view):
+                self._base += len(buf)
+                self._buf, self._pos = b"", 0
+                while done < len(view) and not self._eof:
+                    with view[done:] as rest:
+                        n = self._src.readinto(rest)
+                    if not n:
+                        self._eof = True
+                        break
+                    done += n
+                    self._base += n
+            return done
 
     def seek(self, pos: int, whence: int = 0) -> int:
         if whence != 0:
@@ -397,6 +446,7 @@ class TarReader:
         try:
             return _TarInfo.fromtarfile(self)  # type: ignore[arg-type]
         except tarfile.EOFHeaderError:
+            self._after_zero_block()
             return None
         except tarfile.SubsequentHeaderError as exc:
             raise tarfile.ReadError(str(exc)) from None
@@ -406,20 +456,39 @@ class TarReader:
                                         else str(exc)) from None
             return None
 
+    def _after_zero_block(self) -> None:
+        """A zero block ends the archive only if what follows is another zero block (or nothing):
+        a header after a single zero block is refused, as Go's ``archive/tar`` does, instead of
+        silently dropping the rest of the layer (upstream's apply would read on)."""
+        offset = self.tell()
+        nxt = self.read(_BLOCK)
+        if not nxt.strip(b"\0"):
+            return
+        if len(nxt) == _BLOCK:
+            check_header(nxt, offset)
+        raise LayerTarError(f"tar header at offset {offset} follows a single zero block "
+                            f"(an archive ends with two)")
+
     # -- member data ---------------------------------------------------------------------------
     def extractfile(self, member: TarMember | tarfile.TarInfo) -> _MemberData | tarfile.ExFileObject:
         if isinstance(member, TarMember):
-            return _MemberData(self, member.offset_data, member.size)
+            return _MemberData(self, member.offset_data, member.size, member.name)
         return tarfile.ExFileObject(self, member)  # type: ignore[arg-type]
 
 
 class _MemberData:
     """The data of a plain member, read straight from the reader's buffer."""
 
-    __slots__ = ("_left", "_reader", "_start")
+    __slots__ = ("_left", "_name", "_reader", "_size", "_start")
 
-    def __init__(self, reader: TarReader, start: int, size: int) -> None:
+    def __init__(self, reader: TarReader, start: int, size: int, name: str) -> None:
         self._reader, self._start, self._left = reader, start, size
+        self._size, self._name = size, name
+
+    def _truncated(self, got: int) -> LayerTarError:
+        done = self._size - self._left + got
+        return LayerTarError(f"truncated tar: entry {self._name!r} declares {self._size} bytes of data, "
+                             f"the archive ends after {done}")
 
     def read(self, size: int = -1) -> bytes:
         r = self._reader
@@ -431,7 +500,7 @@ class _MemberData:
             size = self._left
         data = r.read(size)
         if len(data) != size:
-            raise tarfile.ReadError("unexpected end of data")
+            raise self._truncated(len(data))
         self._left -= size
         return data
 
@@ -441,10 +510,10 @@ class _MemberData:
             if r.tell() != self._start:
                 r.seek(self._start)
             self._start = -1
-        view = memoryview(b).cast("B")[:self._left]
-        n = r.readinto(view)
-        if n != len(view):
-            raise tarfile.ReadError("unexpected end of data")
+        with memoryview(b) as outer, outer.cast("B") as whole, whole[:self._left] as view:
+            n = r.readinto(view)
+            if n != len(view):
+                raise self._truncated(n)
         self._left -= n
         return n
 

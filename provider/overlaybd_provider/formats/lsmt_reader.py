@@ -125,7 +125,24 @@ class LSMTReader:
         return self.source.read(moff * SECTOR, nsectors * SECTOR)
 
     def read(self, offset: int, length: int) -> bytes:
-        """Bytes of this layer alone (holes and zeroed entries read as zeros)."""
-        from overlaybd_provider.formats.stack import LayerStack
-
-        return LayerStack([self], check_chain=False).read(offset, length)
+        """Bytes of this layer alone (holes and zeroed entries read as zeros); the same as a
+        one-layer ``LayerStack`` (which this module must not import: stack imports it)."""
+        if offset < 0 or length < 0:
+            raise ValueError("negative offset or length")
+        if self.virtual_size and offset + length > self.virtual_size:
+            raise ValueError(f"read [{offset}, {offset + length}) beyond the device size {self.virtual_size}")
+        if length == 0:
+            return b""
+        s0 = offset // SECTOR
+        s1 = -(-(offset + length) // SECTOR)
+        out = bytearray((s1 - s0) * SECTOR)
+        offsets, ends, zeroed = self.offsets, self.ends, self.zeroed_flags
+        i = self.first_entry_at_or_after(s0)
+        while i < len(offsets) and offsets[i] < s1:
+            if not zeroed[i]:
+                s, e = max(s0, offsets[i]), min(s1, ends[i])
+                lo = (s - s0) * SECTOR
+                out[lo:lo + (e - s) * SECTOR] = self.read_entry_data(i, s, e - s)
+            i += 1
+        start = offset - s0 * SECTOR
+        return bytes(out[start:start + length])

@@ -32,10 +32,7 @@ class LayerStack:
     """Layers bottom-first; the top-most layer with an entry for a sector wins, and a zeroed
     entry masks lower data.
 
-    ``check_chain``: every non-zero ``parent_uuid`` must equal the ``uuid`` of the layer right
-    below it. A zero parent is accepted at any height, because upstream's converted layer 0
-    has a zero parent even when it sits on the base layer (image.md §3) and overlaybd itself
-    never checks the chain.
+    ``check_chain``: see :func:`check_chain`.
     """
 
     def __init__(self, layers: Sequence[LSMTReader], *, check_chain: bool = True):
@@ -43,12 +40,7 @@ class LayerStack:
         if len(self.layers) > MAX_LAYERS:
             raise StackError(f"{len(self.layers)} layers: overlaybd stacks at most {MAX_LAYERS}")
         if check_chain:
-            for below, above in zip(self.layers, self.layers[1:], strict=False):
-                if above.parent_uuid != ZERO_UUID and above.parent_uuid != below.uuid:
-                    raise StackError(
-                        f"{above.name}: parent_uuid {above.parent_uuid} does not match uuid "
-                        f"{below.uuid} of the layer below ({below.name})"
-                    )
+            _check_chain(self.layers)
         self.virtual_size = next((r.virtual_size for r in reversed(self.layers) if r.virtual_size > 0), 0)
         log.debug("stack of %d layers, virtual size %d", len(self.layers), self.virtual_size)
 
@@ -125,6 +117,29 @@ class LayerStack:
             cur = [s, e, li, z, src]
         if cur is not None:
             yield _extent(cur)
+
+
+def _check_chain(layers: Sequence[LSMTReader]) -> None:
+    """Every non-zero ``parent_uuid`` must be the ``uuid`` of the layer right below it, so the
+    bottom layer must have none: this catches layers given in the wrong order and an upper
+    layer without its lower. A zero parent is accepted at any height: upstream's converted
+    layer 0 has one even when it sits on the base layer (image.md §3), layers made without
+    uuids have one, and overlaybd itself never checks the chain (lsmt.md §4)."""
+    for i, layer in enumerate(layers):
+        parent = layer.parent_uuid
+        below = layers[i - 1] if i else None
+        if parent == ZERO_UUID or (below is not None and parent == below.uuid):
+            continue
+        owner = next((j for j, other in enumerate(layers) if j != i and other.uuid == parent), None)
+        if owner is not None:
+            where = "above it" if owner > i else f"not directly below it ({below.name} is)"  # type: ignore[union-attr]
+            raise StackError(f"{layer.name}: parent_uuid {parent} is the uuid of {layers[owner].name}, which "
+                             f"is {where}: give the layers bottom first")
+        if below is None:
+            raise StackError(f"{layer.name}: parent_uuid {parent}, but it is the bottom layer: "
+                             f"its lower layer is missing")
+        raise StackError(f"{layer.name}: parent_uuid {parent} does not match uuid {below.uuid} of the "
+                         f"layer below ({below.name})")
 
 
 def _extent(c: list[int]) -> MappedExtent:

@@ -119,7 +119,8 @@ class CompressedSpool:
         first, base = self._new_job(self._open_len)
         if len(self._inflight) >= ASSIST_BACKLOG and not self._acks_ready():
             # the worker is behind: do this one here (its ring bytes are free again at once)
-            stored, lengths = self.compressor.compress(memoryview(self._ring)[self._open_off:self._open_off + self._open_len])
+            with memoryview(self._ring) as ring, ring[self._open_off:self._open_off + self._open_len] as job:
+                stored, lengths = self.compressor.compress(job)
             _pwrite_all(self.fd, stored, base)
             self._finish(first, base, lengths)
         else:
@@ -148,7 +149,9 @@ class CompressedSpool:
             raise self._died()
         status, count = _ACK.unpack(head)
         if status:
-            raise OSError(f"block compressor failed: {_read_exact(self._ack_r, count).decode(errors='replace')}")
+            text = _read_exact(self._ack_r, count).decode(errors="replace")
+            message = f"block compressor failed: {text}"
+            raise OSError(status - 1, message) if status > 1 else OSError(message)
         lengths = array("I")
         lengths.frombytes(_read_exact(self._ack_r, 4 * count))
         self._finish(first, base, lengths)
@@ -208,16 +211,17 @@ class CompressedSpool:
     def _ring_pieces(self, total: int) -> Iterator[tuple[int, memoryview]]:
         """``(position, ring view)`` for each piece of ``total`` bytes; the caller fills each view
         before asking for the next, and a full job is sent to the worker as soon as it is filled."""
-        ring = memoryview(self._ring)
-        for pos in range(0, total, JOB_BYTES):
-            n = min(JOB_BYTES, total - pos)
-            off = self._reserve(n)
-            if off != self._open_off + self._open_len:
-                raise AssertionError("ring reservation out of order")
-            yield pos, ring[off:off + n]
-            self._open_len += n
-            if self._open_len >= JOB_BYTES:
-                self._send_open()
+        with memoryview(self._ring) as ring:
+            for pos in range(0, total, JOB_BYTES):
+                n = min(JOB_BYTES, total - pos)
+                off = self._reserve(n)
+                if off != self._open_off + self._open_len:
+                    raise AssertionError("ring reservation out of order")
+                with ring[off:off + n] as view:
+                    yield pos, view
+                self._open_len += n
+                if self._open_len >= JOB_BYTES:
+                    self._send_open()
 
     def append(self, data: bytes | bytearray | memoryview) -> int:
         """Queue whole raw blocks; returns the index of the first one."""
@@ -225,8 +229,12 @@ class CompressedSpool:
         if not self._use_worker(len(mv)):
             return self._compress_inline(mv)
         first = self.blocks + -(-self._open_len // self.block_size)
-        for pos, view in self._ring_pieces(len(mv)):
-            view[:] = mv[pos:pos + len(view)]
+        pieces = self._ring_pieces(len(mv))
+        try:
+            for pos, view in pieces:
+                view[:] = mv[pos:pos + len(view)]
+        finally:
+            pieces.close()  # releases the ring views at once, also on an error
         return first
 
     def append_from(self, nbytes: int, fill: Callable[[memoryview], None]) -> int:
@@ -239,11 +247,16 @@ class CompressedSpool:
             fill(memoryview(buf)[:nbytes])
             return self._compress_inline(buf)
         first = self.blocks + -(-self._open_len // self.block_size)
-        for pos, view in self._ring_pieces(total):
-            data = min(len(view), nbytes - pos)
-            fill(view[:data])
-            if data < len(view):
-                view[data:] = bytes(len(view) - data)
+        pieces = self._ring_pieces(total)
+        try:
+            for pos, view in pieces:
+                data = min(len(view), nbytes - pos)
+                with view[:data] as part:
+                    fill(part)
+                if data < len(view):
+                    view[data:] = bytes(len(view) - data)
+        finally:
+            pieces.close()  # releases the ring views at once, also when ``fill`` raised
         return first
 
     @property
@@ -272,11 +285,20 @@ class CompressedSpool:
                 self._recv_one()
 
     def close(self) -> None:
-        if self._pid:
-            os.close(self._job_w)
-            os.close(self._ack_r)
-            self._proc.kill()  # every job was answered (or is abandoned): no need to wait for it
-            self._proc.wait()
-            self._pid = 0
-            self._ring.close()
-        self._file.close()
+        """Stop the worker and free the ring and the spool; safe after any error, never masks it."""
+        try:
+            if self._pid:
+                self._pid = 0
+                os.close(self._job_w)
+                os.close(self._ack_r)
+                self._proc.kill()  # every job was answered (or is abandoned): no need to wait for it
+                self._proc.wait()
+                ring, self._ring = self._ring, None
+                try:
+                    ring.close()
+                except BufferError:
+                    # a view of the ring outlives an error being raised (held by its traceback):
+                    # the mapping goes when that view does; the error itself is what matters
+                    log.debug("ring still exported at close; unmapped when the last view goes")
+        finally:
+            self._file.close()

@@ -16,7 +16,7 @@ import struct
 import sys
 
 JOB = struct.Struct("<QQQ")  # ring offset, bytes, spool offset
-ACK = struct.Struct("<II")  # status (0 ok), block count (or message length)
+ACK = struct.Struct("<II")  # status (0 ok, else 1 + errno), block count (or message length)
 
 
 def read_exact(fd: int, n: int) -> bytes:
@@ -54,10 +54,11 @@ def serve(ring: memoryview, compressor, job_r: int, ack_w: int, spool_fd: int) -
             stored, lengths = compressor.compress(ring[off:off + n])
             pwrite_all(spool_fd, stored, pos)
             write_all(ack_w, ACK.pack(0, len(lengths)) + lengths.tobytes())
-    except BaseException as exc:  # report, then exit: the parent raises
+    except BaseException as exc:  # report, then exit: the parent raises (an OSError with its errno)
         text = f"{type(exc).__name__}: {exc}".encode()
+        status = 1 + (exc.errno or 0) if isinstance(exc, OSError) else 1
         try:
-            write_all(ack_w, ACK.pack(1, len(text)) + text)
+            write_all(ack_w, ACK.pack(status, len(text)) + text)
         except OSError:
             pass
         return 1

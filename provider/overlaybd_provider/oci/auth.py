@@ -22,7 +22,7 @@ from oras.auth.utils import get_basic_auth
 
 from overlaybd_provider.oci.credentials import Credentials
 from overlaybd_provider.oci.errors import AuthError
-from overlaybd_provider.oci.transport import redact_url
+from overlaybd_provider.oci.redact import redact_url
 
 log = logging.getLogger(__name__)
 

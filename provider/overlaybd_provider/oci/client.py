@@ -31,10 +31,10 @@ from overlaybd_provider.oci.errors import (
 )
 from overlaybd_provider.oci.hosts import Endpoint
 from overlaybd_provider.oci.mediatypes import MANIFEST_ACCEPT_HEADER, detect_manifest_type
+from overlaybd_provider.oci.redact import redact_url
 from overlaybd_provider.oci.reference import is_digest
 from overlaybd_provider.oci.requester import RegistryRequester
 from overlaybd_provider.oci.retry import RETRYABLE_EXCEPTIONS, RetryState
-from overlaybd_provider.oci.transport import redact_url
 from overlaybd_provider.oci.upload import BlobUploads
 
 __all__ = ["RegistryClient"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tempfile
@@ -10,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
+from overlaybd_provider.errors import writing
 from overlaybd_provider.oci.errors import DigestMismatchError, OciError
 from overlaybd_provider.oci.reference import validate_digest
 
@@ -103,17 +105,20 @@ class VerifyingReader:
 def atomic_output(dest: str | os.PathLike[str]) -> Iterator[BinaryIO]:
     """Write to a temporary file beside ``dest`` and rename onto ``dest`` only if the block succeeds."""
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".partial")
+    with writing(dest):  # a full disk names ``dest``, not the temporary file
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".partial")
     tmp = Path(name)
     f = os.fdopen(fd, "wb")
     try:
-        yield f
-        f.flush()
-        os.fsync(f.fileno())
-        f.close()
-        os.replace(tmp, dest)
+        with writing(dest):
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+            f.close()
+            os.replace(tmp, dest)
     except BaseException:
-        f.close()
+        with contextlib.suppress(OSError):  # closing flushes again: on a full disk that fails too
+            f.close()
         tmp.unlink(missing_ok=True)
         raise

@@ -14,7 +14,7 @@ from typing import Any, TextIO
 from overlaybd_provider.oci.descriptor import Descriptor
 from overlaybd_provider.oci.errors import OciError
 from overlaybd_provider.oci.mediatypes import is_image_manifest, is_index
-from overlaybd_provider.oci.options import RegistryOptions
+from overlaybd_provider.oci.options import RegistryOptions, options_from_args
 from overlaybd_provider.oci.store import ImageStore, open_store
 
 MAX_CONFIG_SIZE = 4 << 20
@@ -23,12 +23,10 @@ _REFERENCE_ATTRS = ("reference", "blob", "ref", "target", "image", "path", "file
 
 def inspect_reference(args: argparse.Namespace, out: TextIO | None = None) -> int:
     """Print a summary of ``args.reference`` (text, or JSON with ``args.json``); returns 0."""
-    from overlaybd_provider.cli.registry_args import registry_options_from_args
-
     text = next((str(getattr(args, a)) for a in _REFERENCE_ATTRS if getattr(args, a, None)), None)
     if not text:
         raise OciError("inspect: no image reference given")
-    options = registry_options_from_args(args) if hasattr(args, "plain_http") else RegistryOptions()
+    options = options_from_args(args) if hasattr(args, "plain_http") else RegistryOptions()
     summary = describe_reference(text, options)
     out = out or sys.stdout
     if getattr(args, "json", False):

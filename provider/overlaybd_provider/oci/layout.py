@@ -1,7 +1,8 @@
 """OCI image-layout directory as a source and a sink (image-spec ``image-layout.md``).
 
 ``oci-layout`` + ``index.json`` + ``blobs/<alg>/<hex>``. Tags are ``org.opencontainers.image.ref.name``
-annotations of ``index.json`` entries. Blobs are written to a temporary file, verified, then renamed;
+annotations of ``index.json`` entries. A new layout gets its (empty) ``index.json`` before its
+``oci-layout`` marker and before any blob, so a failed write leaves a valid, maybe empty layout. Blobs are written to a temporary file, verified, then renamed;
 ``index.json`` is rewritten atomically under an exclusive lock on ``oci-layout``, so concurrent
 writers (threads or processes) do not lose each other's tags.
 """
@@ -14,11 +15,13 @@ import json
 import logging
 import os
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from overlaybd_provider.errors import writing
 from overlaybd_provider.oci.descriptor import REF_NAME_ANNOTATION, Descriptor
 from overlaybd_provider.oci.digest import (
     COPY_CHUNK,
@@ -76,12 +79,37 @@ class LayoutStore:
             raise LayoutError(f"{marker}: unsupported imageLayoutVersion {version!r}")
 
     def _ensure_layout(self) -> None:
+        """Create the layout before anything is written into it: an empty ``index.json`` first,
+        then the ``oci-layout`` marker, so the directory is a valid (maybe empty) layout at every
+        moment, also when the write that follows fails (docs/oci.md, "Layouts after a failure").
+        A layout without ``index.json`` (left by an older version) gets one here too."""
         if (self.path / LAYOUT_FILE).is_file():
+            if not (self.path / INDEX_FILE).is_file():
+                self._create_empty_index()
             return
         self.path.mkdir(parents=True, exist_ok=True)
         (self.path / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
+        self._create_empty_index()
         with atomic_output(self.path / LAYOUT_FILE) as f:  # idempotent: racing creators write the same
             f.write(json.dumps({"imageLayoutVersion": LAYOUT_VERSION}, separators=(",", ":")).encode())
+
+    def _create_empty_index(self) -> None:
+        """``index.json`` with no manifests, only if there is none: written aside and hard-linked
+        into place, so a racing writer's tags are never replaced by the empty index."""
+        empty = {"schemaVersion": 2, "mediaType": MediaType.OCI_INDEX.value, "manifests": []}
+        index = self.path / INDEX_FILE
+        tmp = self.path / f".{INDEX_FILE}.empty-{os.getpid()}-{threading.get_ident()}"
+        with writing(index):
+            try:
+                with open(tmp, "wb") as f:
+                    f.write(json.dumps(empty, separators=(",", ":")).encode())
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.link(tmp, index)
+            except FileExistsError:
+                pass
+            finally:
+                tmp.unlink(missing_ok=True)
 
     def check_push(self) -> None:
         """Raise unless the layout can be written here (created when missing)."""

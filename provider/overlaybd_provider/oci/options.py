@@ -5,10 +5,13 @@ Secrets (``password``, ``refresh_token``) are excluded from ``repr`` and never l
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 DEFAULT_CHUNK_SIZE = 16 << 20
+PASSWORD_ENV = "OVERLAYBD_PASSWORD"  # read for ``-u USER`` without ``:PASSWORD``
 
 
 @dataclass(frozen=True)
@@ -72,3 +75,31 @@ class RegistryOptions:
                 value = "***" if value else None
             shown.append(f"{f.name}={value!r}")
         return f"RegistryOptions({', '.join(shown)})"
+
+
+def options_from_args(args: Any) -> RegistryOptions:
+    """RegistryOptions from parsed ``cli.registry_args`` flags (an ``argparse.Namespace`` or any
+    object with those attributes; missing attributes take the defaults)."""
+    username = password = None
+    user = getattr(args, "user", None)
+    if user:
+        username, sep, password = user.partition(":")
+        if not sep:
+            password = os.environ.get(PASSWORD_ENV) or None
+    return RegistryOptions(
+        username=username or None,
+        password=password,
+        plain_http=bool(getattr(args, "plain_http", False)),
+        skip_verify=bool(getattr(args, "skip_verify", False)),
+        ca_file=getattr(args, "tlscacert", None),
+        cert_file=getattr(args, "tlscert", None),
+        key_file=getattr(args, "tlskey", None),
+        cert_dir=getattr(args, "cert_dir", None),
+        hosts_dir=getattr(args, "hosts_dir", None),
+        docker_config=getattr(args, "docker_config", None),
+        refresh_token=getattr(args, "refresh", None),
+        http_dump=bool(getattr(args, "http_dump", False)),
+        http_trace=bool(getattr(args, "http_trace", False)),
+        max_retries=int(getattr(args, "max_retries", 5)),
+        timeout=float(getattr(args, "timeout", 60.0)),
+    )

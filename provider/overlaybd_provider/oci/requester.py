@@ -30,8 +30,9 @@ from overlaybd_provider.oci.errors import (
 )
 from overlaybd_provider.oci.hosts import Endpoint, auxiliary_endpoint, registry_endpoints
 from overlaybd_provider.oci.options import RegistryOptions
+from overlaybd_provider.oci.redact import redact_url
 from overlaybd_provider.oci.retry import RETRYABLE_EXCEPTIONS, RETRYABLE_STATUS, RetryState, parse_retry_after
-from overlaybd_provider.oci.transport import Transport, redact_url
+from overlaybd_provider.oci.transport import Transport
 
 log = logging.getLogger(__name__)
 

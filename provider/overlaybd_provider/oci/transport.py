@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import itertools
 import logging
-import re
 import socket
 import ssl
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -27,37 +26,15 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from overlaybd_provider.oci.errors import TLSError
 from overlaybd_provider.oci.hosts import Endpoint
 from overlaybd_provider.oci.options import RegistryOptions
+from overlaybd_provider.oci.redact import REDACTED, install_redaction, redact_headers, redact_url
+
+__all__ = ["REDACTED", "EndpointAdapter", "TraceEvent", "Transport", "build_ssl_context", "redact_headers",
+           "redact_url"]
 
 log = logging.getLogger(__name__)
 dump_log = logging.getLogger("overlaybd_provider.oci.http")
 
-REDACTED = "<redacted>"
-_SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie", "x-registry-auth"})
-_SECRET_WORDS = re.compile(r"token|secret|passw|signature|credential|auth|^sig$|session|key|^_state$", re.I)
-
-
-def redact_url(url: str) -> str:
-    """URL without user-info and with secret-looking query values replaced."""
-    parts = urlsplit(url)
-    netloc = parts.netloc.rpartition("@")[2]
-    query = parts.query
-    if query:
-        pairs = parse_qsl(query, keep_blank_values=True)
-        query = urlencode([(k, REDACTED if _SECRET_WORDS.search(k) else v) for k, v in pairs], safe="<>:/")
-    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
-
-
-def redact_headers(headers: Mapping[str, str]) -> dict[str, str]:
-    out = {}
-    for name, value in headers.items():
-        lower = name.lower()
-        if lower in _SECRET_HEADERS or "token" in lower or "secret" in lower:
-            out[name] = REDACTED
-        elif lower == "location" or lower == "www-authenticate":
-            out[name] = redact_url(value) if lower == "location" else value
-        else:
-            out[name] = value
-    return out
+install_redaction()  # urllib3 logs every request line with its full URL (the upload _state token)
 
 
 @dataclass(frozen=True)

@@ -27,8 +27,8 @@ from overlaybd_provider.oci.errors import (
     RegistryUnavailableError,
 )
 from overlaybd_provider.oci.hosts import Endpoint
+from overlaybd_provider.oci.redact import redact_url
 from overlaybd_provider.oci.retry import RetryState
-from overlaybd_provider.oci.transport import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -169,8 +169,11 @@ class BlobUploads:
         _hash_file(path, size, hasher)
         self._verify_upload(hasher, digest, size)
         state = RetryState.from_options(self.options)
+        location: str | None = None
         while True:
-            location = self._location(endpoint, self._start_upload(endpoint, repository))
+            if location is None:
+                location = self._location(endpoint, self._start_upload(endpoint, repository))
+                resent = False
             url = append_url_params(location, {"digest": digest})
             try:
                 self._send(endpoint, "PUT", url, scopes=[repository_scope(repository, "pull", "push")],
@@ -179,10 +182,30 @@ class BlobUploads:
                            retry=False, what=f"blob {digest}").close()
                 return
             except RegistryUnavailableError as exc:
-                self._cancel(endpoint, repository, location)
                 if not state.wait(exc.retry_after):
+                    self._cancel(endpoint, repository, location)
                     raise RegistryUnavailableError(f"{state.summary()}: {exc.reason}", status=exc.status,
                                                    method="PUT", url=exc.url) from None
+                if not resent:
+                    # the same PUT on the same session first: that retry is one request, so no
+                    # pattern of failures (every 2nd request, say) lines up with every retry
+                    log.info("retrying PUT of %s in the same upload session after %s", digest, exc.reason)
+                    resent = True
+                    continue
+                if self.blob_exists(repository, digest):  # committed, only the answers were lost
+                    return
+                self._cancel(endpoint, repository, location)
+                location = None  # a new session
+            except RegistryError as exc:
+                if not resent or exc.status in (401, 403):
+                    raise
+                # the resent PUT found the session gone or spoiled (the first one reached the
+                # registry after all): committed, or start over in a new session
+                if self.blob_exists(repository, digest):
+                    return
+                log.info("upload of %s: session lost after a failed PUT (%s); starting a new one", digest, exc)
+                self._cancel(endpoint, repository, location)
+                location = None
 
     def _push_chunked(self, endpoint: Endpoint, repository: str, path: Path, digest: str, size: int) -> None:
         scopes = [repository_scope(repository, "pull", "push")]
@@ -190,6 +213,7 @@ class BlobUploads:
         state = RetryState.from_options(self.options)
         location = self._location(endpoint, self._start_upload(endpoint, repository))
         offset = 0
+        resent = False  # the PATCH about to be sent repeats one that failed
         while offset < size:
             n = min(self.options.chunk_size, size - offset)
             start = offset
@@ -202,12 +226,27 @@ class BlobUploads:
                 r.close()
                 location = self._location(endpoint, r)
                 offset = start + n
+                resent = False
                 state.progress(offset)
             except RegistryUnavailableError as exc:
                 if not state.wait(exc.retry_after):
                     self._cancel(endpoint, repository, location)
                     raise RegistryUnavailableError(f"{state.summary()}: {exc.reason}", status=exc.status,
                                                    method="PATCH", url=exc.url) from None
+                if not resent:
+                    # first resend the same chunk (one request: no failure pattern lines up with
+                    # every retry); if the registry did store something it refuses the resend
+                    # (416, or it drops the connection), and the next retry asks where it stands
+                    log.info("retrying PATCH %d-%d of %s after %s", start, start + n - 1, digest, exc.reason)
+                    resent = True
+                    continue
+                resent = False
+                location, offset = self._upload_status(endpoint, repository, location, start)
+                log.info("resuming upload of %s at byte %d", digest, offset)
+            except RegistryError as exc:
+                if not resent or exc.status in (401, 403):
+                    raise
+                resent = False
                 location, offset = self._upload_status(endpoint, repository, location, start)
                 log.info("resuming upload of %s at byte %d", digest, offset)
         if hasher.gap or hasher.upto != size:

@@ -21,7 +21,7 @@ from typing import Any
 
 from airflow.sdk.definitions.retry_policy import RetryDecision, RetryPolicy
 
-from overlaybd_provider.errors import OverlaybdError, message_for
+from overlaybd_provider.errors import OverlaybdError, message_for, storage_error
 
 __all__ = ["OverlaybdRetryPolicy", "TaskError", "engine_errors"]
 
@@ -68,7 +68,13 @@ def engine_errors(task_log: Any, what: str) -> Iterator[None]:
     """Turn an engine error into :class:`TaskError` after logging its one line (Airflow wording:
     connection extras and operator arguments instead of CLI flags)."""
     try:
-        yield
+        try:
+            yield
+        except OSError as exc:  # a disk full or read-only where no path was attached: still one line
+            error = storage_error(exc)
+            if error is None:
+                raise
+            raise error from None
     except OverlaybdError as exc:
         line = f"{what}: {message_for(exc, 'airflow')}"
         kind = "transient, will retry" if exc.retryable else "permanent, not retried"

@@ -20,6 +20,7 @@ from typing import Any, BinaryIO
 
 from overlaybd_provider.engine.errors import StageError
 from overlaybd_provider.engine.plan.model import LayerPlan, Plan
+from overlaybd_provider.errors import writing
 
 __all__ = ["Workspace", "file_digest", "scratch", "sweep_scratch"]
 
@@ -73,11 +74,13 @@ class Workspace:
 
     @contextlib.contextmanager
     def atomic(self, path: Path) -> Iterator[BinaryIO]:
-        """Open a temp file next to ``path`` (``w+b``); rename over ``path`` on success."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        """Open a temp file next to ``path`` (``w+b``); rename over ``path`` on success. A full
+        disk is a :class:`StorageError` naming ``path``."""
+        with writing(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
-            with os.fdopen(fd, "w+b") as f:
+            with writing(path), os.fdopen(fd, "w+b") as f:
                 yield f
                 f.flush()
                 os.fsync(f.fileno())
