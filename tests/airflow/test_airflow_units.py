@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from overlaybd_provider.operators.base import as_platforms, staging_location
 from overlaybd_provider.operators.image_list import ImageListError, parse_image_list
-from overlaybd_provider.operators.links import image_link
+from overlaybd_provider.operators.links import image_link, registry_ui_link
 from overlaybd_provider.operators.progress import ProgressLog, rate
 from overlaybd_provider.operators.staging import StagingArea, staging_key
-from overlaybd_provider.operators.summary import conversion_row, seconds_saved, summarize
+from overlaybd_provider.operators.summary import conversion_row, summarize
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -70,10 +70,35 @@ def test_platforms_staging_and_links():
     assert as_platforms(None) == as_platforms("") == as_platforms([]) == []
     assert staging_location({"staging": "/x", "image": "i"}) == "/x"
     assert staging_location("s3://b/p") == "s3://b/p" and staging_location(None) is None
-    assert image_link("127.0.0.1:5000/obd/app:1", "sha256:" + "a" * 64, plain_http=True) == (
-        "http://127.0.0.1:5000/v2/obd/app/manifests/sha256:" + "a" * 64
+
+
+
+def test_image_link_opens_the_page_or_the_configured_registry_ui(monkeypatch):
+    """No template: the overlaybd page filtered on the image (relative to the UI, or absolute
+    with [api] base_url); with [overlaybd] registry_ui_url_template: the registry's web UI."""
+    digest = "sha256:" + "a" * 64
+    monkeypatch.delenv("AIRFLOW__API__BASE_URL", raising=False)
+    monkeypatch.delenv("AIRFLOW__OVERLAYBD__REGISTRY_UI_URL_TEMPLATE", raising=False)
+    assert image_link("127.0.0.1:5000/obd/app:1", digest, plain_http=True) == (
+        "plugin/overlaybd?image=127.0.0.1%3A5000%2Fobd%2Fapp%3A1"
     )
-    assert image_link("oci:/tmp/layout:tag", None).startswith("file:///tmp/layout")
+    assert image_link("oci:/tmp/layout:tag", None) == "plugin/overlaybd?image=oci%3A%2Ftmp%2Flayout%3Atag"
+    assert image_link(None, None) is None
+    monkeypatch.setenv("AIRFLOW__API__BASE_URL", "https://airflow.example.com/prefix/")
+    assert image_link("r.example.com/obd/app:1", digest) == (
+        "https://airflow.example.com/prefix/plugin/overlaybd?image=r.example.com%2Fobd%2Fapp%3A1"
+    )
+    template = "https://{registry}/harbor/projects/{namespace}/repositories/{name}/artifacts/{digest}?t={tag}"
+    monkeypatch.setenv("AIRFLOW__OVERLAYBD__REGISTRY_UI_URL_TEMPLATE", template)
+    assert image_link("harbor.example.com/team/app:1.2", digest) == (
+        f"https://harbor.example.com/harbor/projects/team/repositories/app/artifacts/{digest}?t=1.2"
+    )
+    # an OCI layout has no registry UI: back to the page
+    assert image_link("oci:/tmp/layout:tag", None).startswith("https://airflow.example.com/prefix/plugin/")
+    assert registry_ui_link("https://{host}/x", "r.example.com/a:1", None) is None  # unknown placeholder
+    assert registry_ui_link("https://quay.io/repository/{repository}", "quay.io/org/app:1", None) == (
+        "https://quay.io/repository/org/app"
+    )
 
 
 REPORT = {
@@ -104,15 +129,20 @@ def test_summary_counts_reuse_including_manifest_cache_layers():
     assert s["dedup"] == {"cache": 1, "hit": 1, "miss": 1}
     assert s["manifests_cached"] == 1 and s["platforms"] == ["linux/amd64", "linux/arm64"]
     assert s["source_bytes"] == 10000 and s["reused_bytes"] == 4000 + 1000
-    assert seconds_saved(s) == pytest.approx(4000 / (6000 / 2.0), abs=1e-3)
     row = conversion_row(s, run_key="k", recorded_at="2026-01-01T00:00:00+00:00", seconds=3.25)
     assert row.seconds == 3.25 and row.layers_reused == 2 and not row.manifest_cached
+    # time saved is the recorded build cost of the reused layers, never a throughput estimate
+    assert row.seconds_saved == 0.0 and row.status == "success" and row.error == ""
+    assert conversion_row({**s, "seconds_saved": 0.8}, run_key="k", recorded_at="x").seconds_saved == 0.8
+    row = conversion_row(
+        s, run_key="k", recorded_at="x", seconds_saved=1.25, task_id="g.record", map_index=2, try_number=3
+    )
+    assert (row.seconds_saved, row.task_id, row.map_index, row.try_number) == (1.25, "g.record", 2, 3)
     assert row.platforms == "linux/amd64,linux/arm64" and row.details == {
         "dedup": {"cache": 1, "hit": 1, "miss": 1}
     }
     cached_only = summarize({**REPORT, "manifests": [REPORT["manifests"][1]]}, PLANNED[2:])
     assert conversion_row(cached_only, run_key="k", recorded_at="x").manifest_cached
-    assert seconds_saved(cached_only, history_rate=500.0) == 2.0  # 1000 bytes at 500 B/s
 
 
 def test_progress_lines_show_layer_position_sizes_and_speed(caplog):
@@ -174,7 +204,26 @@ def test_dag_structure_params_and_limits():
     assert convert.schedule is None and type(convert.timetable).__name__ == "NullTimetable"
     params = convert.params
     assert params.get_param("algorithm").schema["enum"] == ["lz4", "zstd"]
-    assert params.get_param("block_size_kb").schema["enum"] == [4, 8, 16, 32, 64]
+    # 64 KiB blocks are refused: upstream's reader cannot read incompressible 64 KiB blocks
+    assert params.get_param("block_size_kb").schema["enum"] == [4, 8, 16, 32]
+    # optional fields carry "null" in their type, so the trigger form shows no required star
+    for name in ("platforms", "src_registry_conn_id", "dst_registry_conn_id", "dedup_conn_id"):
+        assert "null" in params.get_param(name).schema["type"], name
+    for name in ("algorithm", "block_size_kb", "vsize_gb"):
+        assert params.get_param(name).description, name
+    assert set(params.get_param("block_size_kb").schema["values_display"]) == {"4", "8", "16", "32"}
+    assert {p.schema.get("section") for p in params.values() if hasattr(p, "schema")} == {
+        "Image",
+        "Output format",
+        "Connections",
+    }
+    from airflow.sdk.exceptions import ParamValidationError
+
+    platforms = params.get_param("platforms")
+    assert platforms.resolve(None) is None and platforms.resolve([]) == []  # both mean "all"
+    assert platforms.resolve(["linux/arm64/v8"]) == ["linux/arm64/v8"]
+    with pytest.raises(ParamValidationError):
+        params.get_param("block_size_kb").resolve(64)
     assert {
         "source",
         "destination",

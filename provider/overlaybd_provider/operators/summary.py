@@ -4,9 +4,9 @@ Layer ``dedup`` values come from the engine report: ``miss`` = built here, ``hit
 target repository, ``mount`` = cross-repository mount, ``local`` = shared with another platform of
 the same image; layers of a manifest served whole by the manifest cache (the report lists none)
 are added from the plan as ``cache``. Everything but ``miss`` counts as reused; their saved bytes
-are the converted blob sizes when known, else the source layer sizes. Time saved is estimated from the build
-throughput (source bytes per second) of the layers that were built, in this run or, when all were
-reused, in earlier recorded conversions.
+are the converted blob sizes when known, else the source layer sizes. Time saved is not estimated:
+it is the recorded build cost of the reused layers (``summary["seconds_saved"]``, or the
+``seconds_saved`` argument of :func:`conversion_row`), 0 when unknown.
 """
 
 from __future__ import annotations
@@ -85,16 +85,6 @@ def summarize(report: Mapping[str, Any], planned: list[Mapping[str, Any]] = ()) 
     }
 
 
-def seconds_saved(summary: Mapping[str, Any], history_rate: float | None = None) -> float:
-    """Estimated build time the reused layers would have cost (bytes / observed build rate)."""
-    reused_in = summary.get("reused_source_bytes") or summary.get("reused_bytes") or 0
-    if summary.get("built_bytes_in") and summary.get("built_seconds"):
-        per_second = summary["built_bytes_in"] / summary["built_seconds"]
-    else:
-        per_second = history_rate or 0.0
-    return round(reused_in / per_second, 3) if per_second > 0 else 0.0
-
-
 def conversion_row(
     summary: Mapping[str, Any],
     *,
@@ -102,9 +92,15 @@ def conversion_row(
     recorded_at: str,
     dag_id: str = "",
     run_id: str = "",
-    history_rate: float | None = None,
     seconds: float | None = None,
+    seconds_saved: float | None = None,
+    task_id: str = "",
+    map_index: int = -1,
+    try_number: int = 0,
 ) -> ConversionRow:
+    """The succeeded row; ``seconds_saved`` defaults to ``summary["seconds_saved"]`` (the recorded
+    build cost of the reused layers)."""
+    saved = seconds_saved if seconds_saved is not None else summary.get("seconds_saved")
     return ConversionRow(
         run_key=run_key,
         source=str(summary.get("source") or ""),
@@ -122,10 +118,13 @@ def conversion_row(
         built_source_bytes=int(summary.get("built_bytes_in") or 0),
         built_seconds=float(summary.get("built_seconds") or 0.0),
         seconds=float(seconds if seconds is not None else summary.get("seconds") or 0.0),
-        seconds_saved=seconds_saved(summary, history_rate),
+        seconds_saved=round(float(saved or 0.0), 3),
         manifest_cached=bool(summary.get("manifests"))
         and summary.get("manifests_cached") == summary.get("manifests"),
         dag_id=dag_id,
         run_id=run_id,
         details={"dedup": dict(summary.get("dedup") or {})},
+        task_id=task_id,
+        map_index=map_index,
+        try_number=try_number,
     )
