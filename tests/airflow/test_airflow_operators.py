@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import sys
 from pathlib import Path
 from types import SimpleNamespace
+from urllib.parse import urlencode
 
 import pytest
 from airflow.sdk.exceptions import AirflowException
@@ -98,7 +98,8 @@ def test_stages_hand_work_between_workers_through_object_storage(source, dedup_d
     push_op = OverlaybdPushOperator(task_id="push", staging=compressed)
     pushed = push_op.execute(context("push"))
     assert pushed["digest"] == _index_digest(target, "obd")
-    assert push_op.image_url == f"file://{target.resolve()}"
+    # the extra link: the overlaybd page filtered on the pushed image
+    assert push_op.image_url == "plugin/overlaybd?" + urlencode({"image": pushed["target"]})
     worker("e")
     state = StateStore()
     record_op = OverlaybdRecordOperator(task_id="record", staging=pushed, dedup_conn_id="unit_dedup")
@@ -141,7 +142,9 @@ def test_convert_operator_is_deterministic_and_idempotent(source, dedup_db, tmp_
     )
     rows = sqlite3.connect(dedup_db).execute("SELECT COUNT(*) FROM overlaybd_conversions").fetchone()
     assert rows == (1,)  # same task instance → same row, updated in place
-    assert os.path.basename(op.image_url) == "dst"
+    # the extra link filters the overlaybd page on exactly what the row records as the target
+    [stored] = sqlite3.connect(dedup_db).execute("SELECT target FROM overlaybd_conversions").fetchone()
+    assert stored.endswith("dst:obd") and op.image_url == "plugin/overlaybd?" + urlencode({"image": stored})
 
 
 def test_bad_options_fail_with_one_clear_airflow_error(source, tmp_path):

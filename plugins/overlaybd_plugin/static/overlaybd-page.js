@@ -189,7 +189,7 @@ function Stats({ totals }) {
       value: seconds(totals.seconds_saved),
       help: "recorded cost of reused layers",
       hint: SAVED_HELP,
-      tone: "fg.success",
+      tone: totals.seconds_saved > 0 ? "fg.success" : "fg",
       testid: "stat-saved",
     }),
     h(Stat, {
@@ -220,7 +220,7 @@ function Failures({ rows }) {
             { bg: "bg.muted" },
             h(Table.ColumnHeader, { w: "104px" }, "When (UTC)"),
             h(Table.ColumnHeader, { w: "110px" }, "Status"),
-            h(Table.ColumnHeader, { w: "26%" }, "Image"),
+            h(Table.ColumnHeader, { w: "28%" }, "Image"),
             h(Table.ColumnHeader, null, "Error"),
             h(Table.ColumnHeader, { w: "22%" }, "Run / task log"),
           ),
@@ -262,10 +262,6 @@ function ConversionRow({ row: r }) {
   const outcome = ok
     ? [
         cell(
-          { key: "platforms" },
-          h(Flex, { gap: 1, wrap: "wrap" }, platforms.map((p) => h(Badge, { key: p, variant: "outline", size: "sm" }, p))),
-        ),
-        cell(
           { key: "layers" },
           `${r.layers_reused} reused / ${r.layers_built} built`,
           h(LayerBar, { reused: r.layers_reused, built: r.layers_built }),
@@ -273,12 +269,12 @@ function ConversionRow({ row: r }) {
         cell({ key: "sizes" }, `${bytes(r.source_bytes)} → ${bytes(r.target_bytes)}`),
         cell(
           { key: "reused" },
-          h(Text, { color: "fg.success", fontWeight: "semibold" }, bytes(r.reused_bytes)),
+          h(Text, { color: r.reused_bytes ? "fg.success" : "fg.muted", fontWeight: "semibold" }, bytes(r.reused_bytes)),
           h(Text, { color: "fg.muted", fontSize: "xs" }, seconds(r.seconds_saved)),
         ),
         cell({ key: "duration" }, seconds(r.seconds)),
       ]
-    : [cell({ key: "error", colSpan: 5 }, h(ErrorLine, { text: r.error }))];
+    : [cell({ key: "error", colSpan: 4 }, h(ErrorLine, { text: r.error }))];
   return h(
     Table.Row,
     { "data-testid": "conversion-row", "data-status": r.status },
@@ -291,7 +287,14 @@ function ConversionRow({ row: r }) {
         null,
         h(Mono, null, r.target || "—"),
         r.target_digest ? h(Box, null, h(Mono, { color: "fg.muted", title: r.target_digest }, short(r.target_digest))) : null,
-        r.manifest_cached ? h(Badge, { colorPalette: "success", variant: "subtle", size: "sm", mt: 1 }, "manifest cache") : null,
+        platforms.length || r.manifest_cached
+          ? h(
+              Flex,
+              { gap: 1, wrap: "wrap", mt: 1 },
+              platforms.map((p) => h(Badge, { key: p, variant: "outline", size: "sm" }, p)),
+              r.manifest_cached ? h(Badge, { colorPalette: "success", variant: "subtle", size: "sm" }, "manifest cache") : null,
+            )
+          : null,
       ),
     ),
     ...outcome,
@@ -316,7 +319,7 @@ function ImageSection({ image }) {
         Text,
         { fontSize: "xs", color: "fg.muted" },
         `${rows.length} recent · reused ${image.layers_reused} / built ${image.layers_built} layers · `,
-        h(Text, { as: "span", color: "fg.success", fontWeight: "semibold" }, `${bytes(image.bytes_saved)} reused`),
+        h(Text, { as: "span", color: image.bytes_saved ? "fg.success" : "fg.muted", fontWeight: "semibold" }, `${bytes(image.bytes_saved)} reused`),
         ` · ${seconds(image.seconds_saved)} build time avoided`,
         image.failed ? h(Text, { as: "span", color: "fg.error", fontWeight: "semibold" }, ` · ${image.failed} failed`) : null,
       ),
@@ -332,8 +335,7 @@ function ImageSection({ image }) {
           null,
           h(Table.ColumnHeader, { w: "104px" }, "When (UTC)"),
           h(Table.ColumnHeader, { w: "104px" }, "Status"),
-          h(Table.ColumnHeader, null, "Target"),
-          h(Table.ColumnHeader, { w: "118px" }, "Platforms"),
+          h(Table.ColumnHeader, null, "Target · platforms"),
           h(Table.ColumnHeader, { w: "130px" }, "Layers"),
           h(Table.ColumnHeader, { w: "112px" }, "Size"),
           h(
@@ -342,7 +344,7 @@ function ImageSection({ image }) {
             "Reused",
             h(Hint, { label: "Reused: how it is computed", text: `${BYTES_HELP} Below: ${SAVED_HELP}` }),
           ),
-          h(Table.ColumnHeader, { w: "76px" }, "Duration"),
+          h(Table.ColumnHeader, { w: "88px" }, "Duration"),
           h(Table.ColumnHeader, { w: "19%" }, "Run / task log"),
         ),
       ),
