@@ -18,6 +18,7 @@ from overlaybd_plugin.urls import PAGE_ROUTE, URL_PREFIX
 # Relative URLs: the UI resolves them against its <base href>, so a base_url with a path works.
 BUNDLE_URL = f"{URL_PREFIX.lstrip('/')}/static/overlaybd-page.js"
 ICON_URL = f"{URL_PREFIX.lstrip('/')}/static/overlaybd-icon.svg"
+ICON_DARK_URL = f"{URL_PREFIX.lstrip('/')}/static/overlaybd-icon-dark.svg"
 
 
 class OverlaybdPlugin(AirflowPlugin):
@@ -33,6 +34,7 @@ class OverlaybdPlugin(AirflowPlugin):
             "category": "browse",
             "url_route": PAGE_ROUTE,
             "icon": ICON_URL,
+            "icon_dark_mode": ICON_DARK_URL,
         }
     ]
 

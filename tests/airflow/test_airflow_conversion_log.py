@@ -326,3 +326,21 @@ def test_sqlite_read_only_database_degrades_with_one_warning(tmp_path, caplog):
     finally:
         ro.close()
     assert os.path.getsize(path) > 0
+
+
+def test_ready_made_callbacks_find_the_dedup_connection_and_the_exception(tmp_path, monkeypatch):
+    from overlaybd_provider.hooks.conversion_failure import on_conversion_failure, on_conversion_retry
+
+    path = tmp_path / "callbacks.db"
+    monkeypatch.setenv("AIRFLOW_CONN_DEDUP_CB", json.dumps({"conn_type": "sqlite", "host": str(path)}))
+    # the record stage has a (rendered) dedup_conn_id field; a build stage only has the run's params
+    record = _context(task_id="convert.record", map_index=0, group="convert", dedup_conn_id="dedup_cb",
+                      staging={"image": "reg/app:1"})
+    build = _context(task_id="convert.build", map_index=1, group="convert", staging={"image": "reg/db:2"})
+    build["params"]["dedup_conn_id"] = "dedup_cb"
+    on_conversion_retry({**record, "exception": RuntimeError("push reg/obd/app:1: 503")})
+    on_conversion_failure({**build, "exception": ValueError("layer 2/3: tar header checksum mismatch")})
+    rows = {r.source: r for r in _rows(OverlaybdDedupHook(sqlite_path=str(path)))}
+    assert (rows["reg/app:1"].status, rows["reg/app:1"].error) == ("up_for_retry", "push reg/obd/app:1: 503")
+    assert (rows["reg/db:2"].status, rows["reg/db:2"].map_index) == ("failed", 1)
+    assert rows["reg/db:2"].error == "layer 2/3: tar header checksum mismatch"

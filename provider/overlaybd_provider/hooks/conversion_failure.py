@@ -1,8 +1,8 @@
 """Failed (and retrying) conversions into ``overlaybd_conversions``, from task callbacks.
 
-``record_failure`` is meant for ``on_failure_callback`` / ``on_retry_callback``: it takes the
-task context, finds the image and the task instance in it, and writes the row of that
-conversion with its one-line error. It never raises (a callback that raises only hides the real
+``record_failure`` is meant for ``on_failure_callback`` / ``on_retry_callback`` (ready-made:
+``on_conversion_failure`` / ``on_conversion_retry``): it takes the task context, finds the image
+and the task instance in it, and writes the row of that conversion with its one-line error. It never raises (a callback that raises only hides the real
 error) and logs one warning when the row cannot be written.
 
 The row key is the one successful conversions use (:func:`conversion_run_key`), so a failure
@@ -20,6 +20,7 @@ from typing import Any
 from overlaybd_provider.hooks.conversion_log import (
     FAILED,
     STATUSES,
+    UP_FOR_RETRY,
     ConversionLog,
     ConversionRow,
 )
@@ -167,3 +168,24 @@ def _write(conn: Any, row: ConversionRow) -> bool:
     logbook = ConversionLog(conn)
     logbook.create_table()
     return logbook.record(row)
+
+
+def _dedup_conn_id(context: Mapping[str, Any]) -> str | None:
+    """The conversion's dedup connection: the task's (rendered) field, else the run's param."""
+    conn_id = _rendered(getattr(context.get("task"), "dedup_conn_id", None))
+    if conn_id is None:
+        params = context.get("params") or {}
+        conn_id = _rendered(params.get("dedup_conn_id") if isinstance(params, Mapping) else None)
+    return conn_id
+
+
+def on_conversion_failure(context: Mapping[str, Any]) -> None:
+    """``on_failure_callback`` of the overlaybd operators: records the failed conversion."""
+    record_failure(_dedup_conn_id(context), context, context.get("exception") or "task failed")
+
+
+def on_conversion_retry(context: Mapping[str, Any]) -> None:
+    """``on_retry_callback`` of the overlaybd operators: records the conversion as retrying."""
+    record_failure(
+        _dedup_conn_id(context), context, context.get("exception") or "task failed", status=UP_FOR_RETRY
+    )
