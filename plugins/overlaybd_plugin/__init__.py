@@ -10,13 +10,18 @@ never loaded twice.
 
 from __future__ import annotations
 
+import hashlib
+
 from airflow.sdk.plugins_manager import AirflowPlugin
 
-from overlaybd_plugin.app import create_app
+from overlaybd_plugin.app import STATIC, create_app
 from overlaybd_plugin.urls import PAGE_ROUTE, URL_PREFIX
 
 # Relative URLs: the UI resolves them against its <base href>, so a base_url with a path works.
-BUNDLE_URL = f"{URL_PREFIX.lstrip('/')}/static/overlaybd-page.js"
+# The script's content hash in the URL: browsers never run a stale copy after an upgrade.
+_BUNDLE = "overlaybd-page.js"
+_VERSION = hashlib.sha256((STATIC / _BUNDLE).read_bytes()).hexdigest()[:12]
+BUNDLE_URL = f"{URL_PREFIX.lstrip('/')}/static/{_BUNDLE}?v={_VERSION}"
 ICON_URL = f"{URL_PREFIX.lstrip('/')}/static/overlaybd-icon.svg"
 ICON_DARK_URL = f"{URL_PREFIX.lstrip('/')}/static/overlaybd-icon-dark.svg"
 

@@ -127,7 +127,7 @@ def test_plugin_page_requires_a_token_and_shows_the_conversion(live, source_imag
     plugins = live.api("GET", "/api/v2/plugins").json()["plugins"]
     apps = [a for p in plugins for a in p["react_apps"] if a["url_route"] == "overlaybd"]
     assert len(apps) == 1 and apps[0]["category"] == "browse"
-    script = requests.get(f"{live.url}/{apps[0]['bundle_url']}", timeout=10)
+    script = requests.get(f"{live.url}/{apps[0]['bundle_url']}", timeout=10)  # .../overlaybd-page.js?v=<hash>
     assert script.status_code == 200 and "globalThis.AirflowPlugin" in script.text
 
 
