@@ -344,3 +344,9 @@ def test_ready_made_callbacks_find_the_dedup_connection_and_the_exception(tmp_pa
     assert (rows["reg/app:1"].status, rows["reg/app:1"].error) == ("up_for_retry", "push reg/obd/app:1: 503")
     assert (rows["reg/db:2"].status, rows["reg/db:2"].map_index) == ("failed", 1)
     assert rows["reg/db:2"].error == "layer 2/3: tar header checksum mismatch"
+
+
+def test_docs_list_the_upgrade_statements_for_row_access_users():
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "dedup.md").read_text()
+    for name, (mysql_type, _) in ADDED_COLUMNS.items():
+        assert f"ALTER TABLE overlaybd_conversions ADD COLUMN {name} {mysql_type};" in docs
