@@ -1,8 +1,13 @@
 """Convert one image to overlaybd, on demand: Trigger DAG → fill the form → run.
 
 No schedule. The form (DAG params) carries the source and destination references, platforms,
-overlaybd options and the connection ids; the whole conversion runs in one task (retries resume
-in the same staging directory). Parsing this file does nothing but build the DAG object.
+overlaybd options and the connection ids; the whole conversion runs in one task (``convert``, on
+the ``[overlaybd] queue``): pull, build each new layer onto ext4 and compress it, push, record.
+
+On call: a failure after one try is permanent (the log's last line says why: auth refused, image
+not found, a corrupt or lying source, invalid options); fix the input and trigger again.
+Transient failures (registry down, database connection lost) are retried and resume where the
+earlier try stopped. Parsing this file does nothing but build the DAG object.
 """
 
 from __future__ import annotations
@@ -12,6 +17,24 @@ from datetime import datetime, timedelta
 from airflow.sdk import Param, dag
 from overlaybd_provider.operators import OverlaybdConvertOperator
 
+# Trigger-form sections; the format params (format, turbo_destination, flatten, verify) go in FORMAT.
+IMAGE, FORMAT, CONNECTIONS = "Image", "Output format", "Connections"
+PLATFORMS = [
+    "linux/amd64",
+    "linux/arm64",
+    "linux/arm64/v8",
+    "linux/arm/v7",
+    "linux/arm/v6",
+    "linux/386",
+    "linux/ppc64le",
+    "linux/s390x",
+    "linux/riscv64",
+]
+# Connection ids are free text with the usual ids proposed: a list of the defined connections
+# would need a metadata-DB query at parse time, which the DAG processor does not allow (and it
+# would go stale between parses). A wrong id fails the task at once with a one-line error.
+CONNECTIONS_MD = "[Admin → Connections](connections)"
+
 PARAMS = {
     "source": Param(
         "",
@@ -19,6 +42,7 @@ PARAMS = {
         minLength=1,
         title="Source image",
         description="registry/repo:tag, registry/repo@sha256:..., or oci:/path/to/layout[:tag]",
+        section=IMAGE,
     ),
     "destination": Param(
         "",
@@ -26,43 +50,85 @@ PARAMS = {
         minLength=1,
         title="Destination image",
         description="Where the overlaybd image goes (same forms as the source).",
+        section=IMAGE,
     ),
     "platforms": Param(
         [],
-        type="array",
+        type=["array", "null"],
         items={"type": "string", "pattern": "^[a-z0-9]+/[a-z0-9_]+(/[a-z0-9]+)?$"},
+        examples=PLATFORMS,
         title="Platforms",
-        description="os/arch[/variant], one per line; empty = every platform of the source.",
+        description="Platforms of a multi-platform source to convert; none selected = all of them. "
+        "Over the REST API any os/arch[/variant] is accepted.",
+        section=IMAGE,
     ),
-    "algorithm": Param("lz4", type="string", enum=["lz4", "zstd"], title="Compression"),
-    "block_size_kb": Param(4, type="integer", enum=[4, 8, 16, 32], title="ZFile block size (KiB)"),
-    "vsize_gb": Param(64, type="integer", minimum=1, maximum=16384, title="Virtual disk size (GiB)"),
+    "algorithm": Param(
+        "lz4",
+        type="string",
+        enum=["lz4", "zstd"],
+        values_display={"lz4": "LZ4 (fastest to read)", "zstd": "Zstandard (smaller blobs)"},
+        title="Compression",
+        description="How ZFile compresses each block: LZ4 reads fastest, Zstandard makes smaller layers.",
+        section=FORMAT,
+    ),
+    "block_size_kb": Param(
+        4,
+        type="integer",
+        enum=[4, 8, 16, 32],
+        values_display={"4": "4 KiB (default)", "8": "8 KiB", "16": "16 KiB", "32": "32 KiB"},
+        title="ZFile block size",
+        description="Compression unit. Larger blocks compress better but every random read "
+        "decompresses a whole block; 4 KiB matches the ext4 block size.",
+        section=FORMAT,
+    ),
+    "vsize_gb": Param(
+        64,
+        type="integer",
+        minimum=1,
+        maximum=16383,
+        title="Virtual disk size (GiB)",
+        description="Size of the block device the container sees (sparse: costs nothing until "
+        "written). Must hold the image plus what containers write; upstream's default is 64.",
+        section=FORMAT,
+    ),
     "oci": Param(
-        False, type="boolean", title="OCI media types", description="Emit OCI instead of Docker media types."
+        False,
+        type="boolean",
+        title="OCI media types",
+        description="Emit OCI instead of Docker media types.",
+        section=FORMAT,
     ),
     "referrer": Param(
         False,
         type="boolean",
         title="Referrer",
         description="Attach the result as a referrer of the source (implies OCI).",
+        section=FORMAT,
     ),
     "src_registry_conn_id": Param(
         "",
         type=["string", "null"],
+        examples=["oci_registry_default"],
         title="Source registry connection",
-        description="oci_registry connection id; empty = anonymous.",
+        description_md="An `oci_registry` connection id from " + CONNECTIONS_MD + "; empty = anonymous.",
+        section=CONNECTIONS,
     ),
     "dst_registry_conn_id": Param(
         "",
         type=["string", "null"],
+        examples=["oci_registry_default"],
         title="Destination registry connection",
-        description="oci_registry connection id; empty = anonymous.",
+        description_md="An `oci_registry` connection id from " + CONNECTIONS_MD + "; empty = anonymous.",
+        section=CONNECTIONS,
     ),
     "dedup_conn_id": Param(
         "overlaybd_dedup",
-        type="string",
+        type=["string", "null"],
+        examples=["overlaybd_dedup"],
         title="Dedup database connection",
-        description="mysql or sqlite connection id; when 'overlaybd_dedup' is not defined an embedded SQLite is used.",
+        description_md="A `mysql` or `sqlite` connection id from " + CONNECTIONS_MD + ". When "
+        "`overlaybd_dedup` is not defined, an embedded SQLite database is used.",
+        section=CONNECTIONS,
     ),
 }
 

@@ -42,7 +42,7 @@ CREATE TABLE IF NOT EXISTS overlaybd_layer_leases (
 
 CREATE TABLE IF NOT EXISTS `overlaybd_conversions` (
   `id` bigint NOT NULL AUTO_INCREMENT,
-  `run_key` varchar(512) NOT NULL COMMENT 'dag/run/task/map-index: one row per conversion task',
+  `run_key` varchar(512) NOT NULL COMMENT 'dag/run/conversion task/map-index: one row per conversion',
   `source` varchar(512) NOT NULL,
   `target` varchar(512) NOT NULL,
   `source_digest` varchar(255) NOT NULL,
@@ -63,6 +63,11 @@ CREATE TABLE IF NOT EXISTS `overlaybd_conversions` (
   `run_id` varchar(250) NOT NULL DEFAULT '',
   `recorded_at` varchar(40) NOT NULL,
   `details` text,
+  `status` varchar(20) NOT NULL DEFAULT 'success',
+  `error` text,
+  `task_id` varchar(250) NOT NULL DEFAULT '',
+  `map_index` int NOT NULL DEFAULT -1,
+  `try_number` int NOT NULL DEFAULT 0,
   PRIMARY KEY (`id`),
   UNIQUE KEY `uq_overlaybd_conversions_run_key` (`run_key`(255)),
   KEY `ix_overlaybd_conversions_source` (`source`(255), `recorded_at`)

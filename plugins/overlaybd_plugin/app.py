@@ -1,8 +1,10 @@
 """The FastAPI app Airflow's API server mounts under ``/overlaybd``.
 
-``GET /overlaybd/`` renders the conversions page (server-side, one self-contained HTML document);
-``GET /overlaybd/api/conversions`` returns the same data as JSON. Both require an Airflow user
-with DAG read access (see :mod:`overlaybd_plugin.auth`).
+``GET /overlaybd/api/conversions`` returns the page's data as JSON and requires an Airflow user
+with DAG read access (see :mod:`overlaybd_plugin.auth`); rows of DAGs the user may not read are
+left out. ``GET /overlaybd/static/...`` serves the page's script and icon (code, no data: public,
+like Airflow's own UI assets). ``GET /overlaybd/`` sends the browser to the page inside the
+Airflow UI.
 """
 
 from __future__ import annotations
@@ -13,23 +15,18 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-from fastapi import Depends, FastAPI, Query
-from fastapi.responses import HTMLResponse, JSONResponse
-from jinja2 import Environment, FileSystemLoader, select_autoescape
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
 
 from overlaybd_plugin.auth import readable_dag_ids, require_dag_reader
-from overlaybd_plugin.summary import (
-    PageData,
-    filter_rows,
-    human_bytes,
-    human_seconds,
-    load_page_data,
-    short_digest,
-)
+from overlaybd_plugin.summary import PageData, dag_ids, filter_rows, load_page_data
+from overlaybd_plugin.urls import page_url
 
 log = logging.getLogger(__name__)
 
-TEMPLATES = Path(__file__).resolve().parent / "templates"
+STATIC = Path(__file__).resolve().parent / "static"
+STATUS_PATTERN = "^(success|failed|up_for_retry|running)$"
 
 
 def _default_hook():
@@ -38,41 +35,30 @@ def _default_hook():
     return OverlaybdDedupHook()
 
 
-def _environment() -> Environment:
-    env = Environment(loader=FileSystemLoader(str(TEMPLATES)), autoescape=select_autoescape(["html"]))
-    env.filters.update(bytes=human_bytes, seconds=human_seconds, short=short_digest)
-    return env
-
-
 def create_app(hook_factory: Callable[[], Any] = _default_hook) -> FastAPI:
     """Build the app; ``hook_factory`` returns an ``OverlaybdDedupHook`` (tests pass their own)."""
     app = FastAPI(title="overlaybd conversions", docs_url=None, redoc_url=None, openapi_url=None)
-    env = _environment()
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
-    def page_data(user: Any, image: str | None, limit: int) -> PageData:
+    def page_data(user: Any, image: str | None, status: str | None, limit: int) -> PageData:
         hook = hook_factory()
         with closing(hook.get_conn()) as conn:
-            data = load_page_data(conn, source=image or None, limit=limit)
+            data = load_page_data(conn, source=image or None, status=status or None, limit=limit)
         data.database = hook.describe()
-        dag_ids = {r.dag_id for img in data.images for r in img.conversions if r.dag_id}
-        return filter_rows(data, readable_dag_ids(user, dag_ids))
+        return filter_rows(data, readable_dag_ids(user, dag_ids(data)))
 
-    @app.get("/", response_class=HTMLResponse)
-    def conversions_page(
-        user: Any = Depends(require_dag_reader),
-        image: str | None = Query(None, description="show one source image"),
-        limit: int = Query(500, ge=1, le=5000),
-    ) -> HTMLResponse:
-        data = page_data(user, image, limit)
-        html = env.get_template("conversions.html").render(data=data, image=image)
-        return HTMLResponse(html)
+    @app.get("/")
+    def to_the_page(request: Request, image: str | None = Query(None)) -> RedirectResponse:
+        """The page lives in the Airflow UI (``plugin/overlaybd``); relative, so proxies keep working."""
+        return RedirectResponse(f"../{page_url(image)}", status_code=307)
 
     @app.get("/api/conversions")
     def conversions_json(
         user: Any = Depends(require_dag_reader),
-        image: str | None = Query(None),
+        image: str | None = Query(None, description="one image: its source or target reference"),
+        status: str | None = Query(None, pattern=STATUS_PATTERN),
         limit: int = Query(500, ge=1, le=5000),
     ) -> JSONResponse:
-        return JSONResponse(page_data(user, image, limit).as_json())
+        return JSONResponse(page_data(user, image, status, limit).as_json())
 
     return app

@@ -1,7 +1,8 @@
-"""What the overlaybd page shows: conversions grouped per image plus dedup-database totals.
+"""What the overlaybd page shows: conversions grouped per image, recent failures, dedup totals.
 
 Pure functions over :class:`~overlaybd_provider.hooks.conversion_log.ConversionRow` and a DB-API
-connection, so they are tested without a web server.
+connection, so they are tested without a web server. Savings (layers, bytes, build time avoided)
+count succeeded conversions only.
 """
 
 from __future__ import annotations
@@ -9,11 +10,24 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from overlaybd_provider.hooks.conversion_log import ConversionLog, ConversionRow
+from overlaybd_provider.hooks.conversion_log import (
+    FAILED,
+    SUCCESS,
+    UP_FOR_RETRY,
+    ConversionLog,
+    ConversionRow,
+)
+
+from overlaybd_plugin.urls import dag_run_url, task_instance_url
 
 # Upstream's dedup tables (accelerated-container-image's convertor schema).
 LAYERS_TABLE = "overlaybd_layers"
 MANIFESTS_TABLE = "overlaybd_manifests"
+FAILING = (FAILED, UP_FOR_RETRY)
+
+
+def _ok(rows: list[ConversionRow]) -> list[ConversionRow]:
+    return [r for r in rows if r.succeeded]
 
 
 @dataclass
@@ -27,32 +41,52 @@ class ImageSummary:
 
     @property
     def layers_reused(self) -> int:
-        return sum(r.layers_reused for r in self.conversions)
+        return sum(r.layers_reused for r in _ok(self.conversions))
 
     @property
     def layers_built(self) -> int:
-        return sum(r.layers_built for r in self.conversions)
+        return sum(r.layers_built for r in _ok(self.conversions))
 
     @property
     def bytes_saved(self) -> int:
-        return sum(r.reused_bytes for r in self.conversions)
+        return sum(r.reused_bytes for r in _ok(self.conversions))
 
     @property
     def seconds_saved(self) -> float:
-        return sum(r.seconds_saved for r in self.conversions)
+        return sum(r.seconds_saved for r in _ok(self.conversions))
+
+    @property
+    def failed(self) -> int:
+        return sum(1 for r in self.conversions if r.status == FAILED)
 
 
 @dataclass
 class PageData:
     images: list[ImageSummary]
+    failures: list[ConversionRow] = field(default_factory=list)
     dedup_layers: int = 0
     dedup_layer_bytes: int = 0
     dedup_manifests: int = 0
     database: str = ""
 
+    def _rows(self) -> list[ConversionRow]:
+        return [r for i in self.images for r in i.conversions]
+
     @property
     def conversions(self) -> int:
-        return sum(len(i.conversions) for i in self.images)
+        return len(self._rows())
+
+    @property
+    def succeeded(self) -> int:
+        return sum(1 for r in self._rows() if r.status == SUCCESS)
+
+    @property
+    def failed(self) -> int:
+        return sum(1 for r in self._rows() if r.status == FAILED)
+
+    @property
+    def retrying(self) -> int:
+        return sum(1 for r in self._rows() if r.status == UP_FOR_RETRY)
 
     @property
     def layers_reused(self) -> int:
@@ -81,6 +115,9 @@ class PageData:
             "totals": {
                 "images": len(self.images),
                 "conversions": self.conversions,
+                "succeeded": self.succeeded,
+                "failed": self.failed,
+                "retrying": self.retrying,
                 "layers_reused": self.layers_reused,
                 "layers_built": self.layers_built,
                 "bytes_saved": self.bytes_saved,
@@ -89,16 +126,47 @@ class PageData:
                 "dedup_layer_bytes": self.dedup_layer_bytes,
                 "dedup_manifests": self.dedup_manifests,
             },
+            "failures": [row_json(r) for r in self.failures],
             "images": [
                 {
                     "source": img.source,
-                    "conversions": [
-                        {k: v for k, v in vars(r).items() if k != "details"} for r in img.conversions
-                    ],
+                    "layers_reused": img.layers_reused,
+                    "layers_built": img.layers_built,
+                    "bytes_saved": img.bytes_saved,
+                    "seconds_saved": round(img.seconds_saved, 3),
+                    "failed": img.failed,
+                    "conversions": [row_json(r) for r in img.conversions],
                 }
                 for img in self.images
             ],
         }
+
+
+def task_of(row: ConversionRow) -> tuple[str, int]:
+    """(task id, map index) of a row; rows written before those columns existed carry them in
+    their ``run_key`` (``dag|run|task|map index``)."""
+    if row.task_id:
+        return row.task_id, row.map_index
+    parts = row.run_key.split("|")
+    if len(parts) == 4 and parts[0] == row.dag_id and parts[1] == row.run_id:
+        try:
+            return parts[2], int(parts[3])
+        except ValueError:
+            return parts[2], -1
+    return "", -1
+
+
+def row_json(row: ConversionRow) -> dict[str, Any]:
+    """A row for the JSON API, with the Airflow UI pages of its run and task instance (paths
+    relative to the UI's base URL)."""
+    task_id, map_index = task_of(row)
+    data = {k: v for k, v in vars(row).items() if k != "details"}
+    data.update(task_id=task_id, map_index=map_index)
+    data["links"] = {
+        "dag_run": dag_run_url(row.dag_id, row.run_id),
+        "task_instance": task_instance_url(row.dag_id, row.run_id, task_id, map_index, row.try_number),
+    }
+    return data
 
 
 def group_by_image(rows: list[ConversionRow], *, per_image: int = 10) -> list[ImageSummary]:
@@ -137,12 +205,21 @@ def _has_table(conn: Any, logbook: ConversionLog, table: str) -> bool:
 
 
 def load_page_data(
-    conn: Any, *, source: str | None = None, limit: int = 500, per_image: int = 10
+    conn: Any,
+    *,
+    source: str | None = None,
+    status: str | None = None,
+    limit: int = 500,
+    per_image: int = 10,
+    failures: int = 20,
 ) -> PageData:
     """Read the conversions log and dedup totals over ``conn`` (tables may not exist yet)."""
     logbook = ConversionLog(conn)
-    rows = logbook.recent(limit=limit, source=source) if logbook.table_exists() else []
-    data = PageData(images=group_by_image(rows, per_image=per_image))
+    rows = logbook.recent(limit=limit, source=source, status=status) if logbook.table_exists() else []
+    data = PageData(
+        images=group_by_image(rows, per_image=per_image),
+        failures=[r for r in rows if r.status in FAILING][:failures],
+    )
     if _has_table(conn, logbook, LAYERS_TABLE):
         data.dedup_layers, data.dedup_layer_bytes = _scalar(
             conn, f"SELECT COUNT(*), COALESCE(SUM(data_size), 0) FROM {LAYERS_TABLE}"
@@ -154,34 +231,19 @@ def load_page_data(
 
 def filter_rows(data: PageData, allowed_dag_ids: set[str]) -> PageData:
     """Drop conversions recorded by DAGs the user may not read (rows without a DAG stay)."""
+
+    def allowed(row: ConversionRow) -> bool:
+        return not row.dag_id or row.dag_id in allowed_dag_ids
+
     images = []
     for img in data.images:
-        kept = [r for r in img.conversions if not r.dag_id or r.dag_id in allowed_dag_ids]
+        kept = [r for r in img.conversions if allowed(r)]
         if kept:
             images.append(ImageSummary(img.source, kept))
     data.images = images
+    data.failures = [r for r in data.failures if allowed(r)]
     return data
 
 
-def human_bytes(n: float) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(value) < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} TiB"
-
-
-def human_seconds(s: float) -> str:
-    if s < 60:
-        return f"{s:.1f} s"
-    minutes, seconds = divmod(round(s), 60)
-    if minutes < 60:
-        return f"{minutes} min {seconds:02d} s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes:02d} min"
-
-
-def short_digest(digest: str, n: int = 12) -> str:
-    algo, _, hexpart = digest.partition(":")
-    return f"{algo}:{hexpart[:n]}" if hexpart else digest[:n]
+def dag_ids(data: PageData) -> set[str]:
+    return {r.dag_id for r in [*data.failures, *(r for i in data.images for r in i.conversions)] if r.dag_id}

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import sys
 from pathlib import Path
 from types import SimpleNamespace
+from urllib.parse import urlencode
 
 import pytest
 from overlaybd_provider.operators import (
@@ -112,7 +112,8 @@ def test_stages_hand_over_through_xcom_and_the_destination(source, dedup_db, tmp
         push_op = OverlaybdPushOperator(task_id="push", conversion=built)
         pushed = xcom(push_op.execute(context("push")))
     assert pushed["pushed"]["digest"] == _index_digest(target, "obd")
-    assert push_op.image_url == f"file://{target.resolve()}"
+    # the extra link: the overlaybd page filtered on the pushed image
+    assert push_op.image_url == "plugin/overlaybd?" + urlencode({"image": pushed["pushed"]["target"]})
     with Worker(tmp_path, "e", monkeypatch):
         summary = xcom(OverlaybdRecordOperator(task_id="record", conversion=pushed).execute(context("record")))
     assert summary["target_digest"] == pushed["pushed"]["digest"] and summary["layers_built"] == 2
@@ -133,7 +134,9 @@ def test_convert_operator_is_deterministic_and_cleans_its_work_dir(source, dedup
     assert not any((tmp_path / "work" / "convert").iterdir())
     rows = sqlite3.connect(dedup_db).execute("SELECT COUNT(*) FROM overlaybd_conversions").fetchone()
     assert rows == (1,)  # same task instance → same row, updated in place
-    assert os.path.basename(op.image_url) == "dst"
+    # the extra link filters the overlaybd page on exactly what the row records as the target
+    [stored] = sqlite3.connect(dedup_db).execute("SELECT target FROM overlaybd_conversions").fetchone()
+    assert stored.endswith("dst:obd") and op.image_url == "plugin/overlaybd?" + urlencode({"image": stored})
     assert op.queue == "overlaybd" and isinstance(op.retry_policy, OverlaybdRetryPolicy)
 
 

@@ -1,112 +1,16 @@
-"""The overlaybd UI page: auth through Airflow's auth manager, real data, and how it looks."""
+"""The overlaybd page's server side: auth through Airflow's auth manager, the JSON API over real
+rows (successes, failures, retries), links to Airflow's pages, the plugin registration.
+
+How the page looks and behaves in a browser: test_airflow_page_browser.py."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import struct
-import subprocess
-import zlib
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from overlaybd_provider.hooks.conversion_log import ConversionRow
 from overlaybd_provider.hooks.dedup import OverlaybdDedupHook
-
-D = "sha256:"
-
-
-def _digest(ch: str) -> str:
-    return D + ch * 64
-
-
-def seed_rows(hook: OverlaybdDedupHook) -> list[ConversionRow]:
-    """Three images, one converted twice (second run served by the manifest cache)."""
-    rows = [
-        ConversionRow(
-            run_key="overlaybd_nightly|scheduled__2026-11-25|convert.record|0",
-            source="registry:5000/library/alpine:3.20",
-            target="registry:5000/overlaybd/alpine:3.20",
-            source_digest=_digest("a"),
-            target_digest=_digest("b"),
-            recorded_at="2026-11-25T02:00:11+00:00",
-            platforms="linux/amd64,linux/arm64",
-            layers_total=2,
-            layers_built=2,
-            source_bytes=7_340_032,
-            target_bytes=9_961_472,
-            built_source_bytes=7_340_032,
-            built_seconds=3.5,
-            seconds=6.2,
-            dag_id="overlaybd_nightly",
-            run_id="scheduled__2026-11-25T00:00:00+00:00",
-        ),
-        ConversionRow(
-            run_key="overlaybd_nightly|scheduled__2026-11-26|convert.record|0",
-            source="registry:5000/library/alpine:3.20",
-            target="registry:5000/overlaybd/alpine:3.20",
-            source_digest=_digest("a"),
-            target_digest=_digest("b"),
-            recorded_at="2026-11-26T02:00:03+00:00",
-            platforms="linux/amd64,linux/arm64",
-            layers_total=2,
-            layers_reused=2,
-            source_bytes=7_340_032,
-            target_bytes=9_961_472,
-            reused_bytes=9_961_472,
-            seconds=0.8,
-            seconds_saved=3.5,
-            manifest_cached=True,
-            dag_id="overlaybd_nightly",
-            run_id="scheduled__2026-11-26T00:00:00+00:00",
-        ),
-        ConversionRow(
-            run_key="overlaybd_convert|manual__2026-11-26|convert|-1",
-            source="registry:5000/library/debian:bookworm-slim",
-            target="registry:5000/overlaybd/debian:bookworm-slim",
-            source_digest=_digest("c"),
-            target_digest=_digest("d"),
-            recorded_at="2026-11-26T09:14:55+00:00",
-            platforms="linux/amd64",
-            layers_total=3,
-            layers_reused=1,
-            layers_built=2,
-            source_bytes=31_457_280,
-            target_bytes=52_428_800,
-            reused_bytes=29_360_128,
-            built_source_bytes=3_145_728,
-            built_seconds=1.9,
-            seconds=4.4,
-            seconds_saved=16.7,
-            dag_id="overlaybd_convert",
-            run_id="manual__2026-11-26T09:14:40+00:00",
-        ),
-        ConversionRow(
-            run_key="secret_dag|manual|convert|-1",
-            source="registry:5000/internal/secret-app:1",
-            target="registry:5000/overlaybd/secret-app:1",
-            source_digest=_digest("e"),
-            target_digest=_digest("f"),
-            recorded_at="2026-11-26T10:00:00+00:00",
-            dag_id="secret_dag",
-        ),
-    ]
-    conn = hook.get_conn()
-    try:
-        store = hook.open_store(conn, create=True)
-        store.record_layer(
-            "registry:5000", "overlaybd/alpine", _digest("1"), _digest("2"), 4_980_736, "lz4-4k-v64-ext4"
-        )
-        store.record_layer(
-            "registry:5000", "overlaybd/alpine", _digest("3"), _digest("4"), 4_980_736, "lz4-4k-v64-ext4"
-        )
-        logbook = hook.conversion_log(conn, create=True)
-        for row in rows:
-            logbook.record(row)
-    finally:
-        conn.close()
-    return rows
+from page_rows import seed_rows
 
 
 @pytest.fixture
@@ -158,109 +62,102 @@ def client(seeded_hook, auth) -> TestClient:
 
 
 def test_page_requires_a_valid_airflow_token(client, auth):
-    assert client.get("/").status_code == 401
     assert client.get("/api/conversions").status_code == 401
-    assert client.get("/", headers={"Authorization": "Bearer not-a-jwt"}).status_code == 403
-    assert client.get("/", headers={"Authorization": f"Bearer {auth['expired']}"}).status_code == 401
-    assert client.get("/", headers={"Authorization": f"Bearer {auth['norole']}"}).status_code == 403
+    api = "/api/conversions"
+    assert client.get(api, headers={"Authorization": "Bearer not-a-jwt"}).status_code == 403
+    assert client.get(api, headers={"Authorization": f"Bearer {auth['expired']}"}).status_code == 401
+    assert client.get(api, headers={"Authorization": f"Bearer {auth['norole']}"}).status_code == 403
+    client.cookies.set("_token", auth["expired"])
+    assert client.get(api).status_code == 401
+    client.cookies.clear()
     forged = auth["viewer"][:-4] + ("AAAA" if not auth["viewer"].endswith("AAAA") else "BBBB")
     assert client.get("/api/conversions", headers={"Authorization": f"Bearer {forged}"}).status_code == 403
 
 
-def test_page_shows_conversions_per_image_with_bearer_or_cookie(client, auth):
-    page = client.get("/", headers={"Authorization": f"Bearer {auth['viewer']}"})
-    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
-    html = page.text
-    assert (
-        "registry:5000/library/alpine:3.20" in html and "registry:5000/library/debian:bookworm-slim" in html
-    )
-    assert "sha256:aaaaaaaaaaaa" in html and "manifest cache" in html
-    assert "secret-app" not in html  # recorded by a DAG this user may not read
+def test_api_lists_conversions_failures_and_links_with_bearer_or_cookie(client, auth):
     client.cookies.set("_token", auth["viewer"])
     data = client.get("/api/conversions").json()
     client.cookies.clear()
     totals = data["totals"]
-    assert totals["images"] == 2 and totals["conversions"] == 3
+    assert totals["images"] == 3 and totals["conversions"] == 5  # secret_dag's row is hidden
+    assert (totals["succeeded"], totals["failed"], totals["retrying"]) == (3, 1, 1)
+    # savings count succeeded conversions only
     assert (totals["layers_reused"], totals["layers_built"]) == (3, 4)
     assert totals["bytes_saved"] == 9_961_472 + 29_360_128
+    assert totals["seconds_saved"] == pytest.approx(3.5 + 16.7)
     assert (totals["dedup_layers"], totals["dedup_layer_bytes"]) == (2, 2 * 4_980_736)
     by_source = {i["source"]: i for i in data["images"]}
+    assert "registry:5000/internal/secret-app:1" not in by_source
     alpine = by_source["registry:5000/library/alpine:3.20"]["conversions"]
     assert [c["manifest_cached"] for c in alpine] == [True, False]  # newest first
-    one = client.get(
-        "/api/conversions",
-        params={"image": "registry:5000/library/debian:bookworm-slim"},
-        headers={"Authorization": f"Bearer {auth['viewer']}"},
-    ).json()
-    assert [i["source"] for i in one["images"]] == ["registry:5000/library/debian:bookworm-slim"]
+    run = "scheduled__2026-11-26T00%3A00%3A00%2B00%3A00"
+    assert alpine[0]["links"] == {
+        "dag_run": f"dags/overlaybd_nightly/runs/{run}",
+        "task_instance": f"dags/overlaybd_nightly/runs/{run}/tasks/convert.record/mapped/0?try_number=1",
+    }
+    # a row written before task_id/map_index existed: read from its run_key
+    assert (alpine[1]["task_id"], alpine[1]["map_index"]) == ("convert.record", 0)
+    assert alpine[1]["links"]["task_instance"].endswith("/tasks/convert.record/mapped/0")
+
+    failures = data["failures"]
+    assert [(f["status"], f["source"]) for f in failures] == [
+        ("up_for_retry", "registry:5000/library/debian:bookworm-slim"),
+        ("failed", "registry:5000/library/redis:7.4"),
+    ]
+    assert failures[1]["error"].startswith("pull registry:5000/library/redis:7.4: layer")
+    assert failures[1]["links"]["task_instance"] == f"dags/overlaybd_nightly/runs/{run}/tasks/convert.pull/mapped/1?try_number=3"
+    debian = by_source["registry:5000/library/debian:bookworm-slim"]
+    assert [c["status"] for c in debian["conversions"]] == ["up_for_retry", "success"]
+    assert debian["failed"] == 0 and by_source["registry:5000/library/redis:7.4"]["failed"] == 1
+    assert debian["conversions"][1]["links"]["task_instance"].endswith("/tasks/convert?try_number=1")
+
+    headers = {"Authorization": f"Bearer {auth['viewer']}"}
+    one = client.get("/api/conversions", params={"image": "registry:5000/overlaybd/redis:7.4"}, headers=headers)
+    assert [i["source"] for i in one.json()["images"]] == ["registry:5000/library/redis:7.4"]  # by target
+    failed = client.get("/api/conversions", params={"status": "failed"}, headers=headers).json()
+    assert failed["totals"]["conversions"] == 1 and failed["failures"][0]["status"] == "failed"
+    assert client.get("/api/conversions", params={"status": "nope"}, headers=headers).status_code == 422
 
 
-def test_page_without_any_conversion_explains_what_to_do(tmp_path, auth):
+def test_page_entry_redirects_into_the_airflow_ui_and_serves_the_script(client):
+    """The page is a React app inside the Airflow UI: /overlaybd/ sends the browser there, and
+    the script (code, no data) is served without a token, like Airflow's own assets."""
+    moved = client.get("/", params={"image": "r/a:1"}, follow_redirects=False)
+    assert moved.status_code == 307 and moved.headers["location"] == "../plugin/overlaybd?image=r%2Fa%3A1"
+    script = client.get("/static/overlaybd-page.js")
+    assert script.status_code == 200 and "javascript" in script.headers["content-type"]
+    assert "globalThis.AirflowPlugin" in script.text and "overlaybd/api/conversions" in script.text
+    assert client.get("/static/overlaybd-icon.svg").headers["content-type"].startswith("image/svg")
+
+
+def test_plugin_registers_a_react_app_in_the_browse_menu():
+    from overlaybd_plugin import OverlaybdPlugin
+    from overlaybd_provider.operators.links import PAGE_PATH
+
+    [app] = OverlaybdPlugin.react_apps
+    assert (app["destination"], app["category"], app["url_route"]) == ("nav", "browse", "overlaybd")
+    assert not app["bundle_url"].startswith("/")  # relative: resolved against the UI's base URL
+    assert f"plugin/{app['url_route']}" == PAGE_PATH  # the extra link opens this page
+    assert OverlaybdPlugin.fastapi_apps[0]["url_prefix"] == "/overlaybd"
+
+
+def test_ui_urls_follow_airflow_routes():
+    from overlaybd_plugin.urls import dag_run_url, page_url, task_instance_url
+
+    assert dag_run_url("d", "manual__2026-01-01T00:00:00+00:00") == "dags/d/runs/manual__2026-01-01T00%3A00%3A00%2B00%3A00"
+    assert task_instance_url("d", "r", "g.t", 3, 2) == "dags/d/runs/r/tasks/g.t/mapped/3?try_number=2"
+    assert task_instance_url("d", "r", "t") == "dags/d/runs/r/tasks/t"
+    assert task_instance_url("d", "", "t") is None and dag_run_url("", "r") is None
+    assert page_url() == "plugin/overlaybd" and page_url("a b") == "plugin/overlaybd?image=a+b"
+
+
+def test_api_without_any_conversion_is_empty(tmp_path, auth):
     from overlaybd_plugin.app import create_app
 
     empty = OverlaybdDedupHook(sqlite_path=str(tmp_path / "empty.db"))
-    page = TestClient(create_app(lambda: empty)).get(
-        "/", headers={"Authorization": f"Bearer {auth['viewer']}"}
+    data = (
+        TestClient(create_app(lambda: empty))
+        .get("/api/conversions", headers={"Authorization": f"Bearer {auth['viewer']}"})
+        .json()
     )
-    assert page.status_code == 200 and "No conversions recorded yet" in page.text
-
-
-def _png_size(data: bytes) -> tuple[int, int]:
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    return struct.unpack(">II", data[16:24])
-
-
-def screenshot(html_file: Path, png: Path, tmp_path: Path, size: str = "1400,900") -> bytes:
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        pytest.fail("chromium is not installed: scripts/bootstrap.sh installs the Debian package")
-    subprocess.run(
-        [
-            chromium,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
-            "--hide-scrollbars",
-            f"--user-data-dir={tmp_path / 'chromium-profile'}",
-            f"--window-size={size}",
-            f"--screenshot={png}",
-            html_file.as_uri(),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
-    return png.read_bytes()
-
-
-def test_page_screenshot_is_not_blank(client, auth, tmp_path):
-    html = client.get("/", headers={"Authorization": f"Bearer {auth['viewer']}"}).text
-    page = tmp_path / "overlaybd.html"
-    page.write_text(html)
-    data = screenshot(page, tmp_path / "overlaybd.png", tmp_path)
-    width, height = _png_size(data)
-    assert (width, height) == (1400, 900)
-    # A blank page compresses to almost nothing; cards, tables and text do not.
-    assert len(data) > 30_000
-    pixels = zlib.decompress(
-        b"".join(
-            data[i + 8 : i + 8 + struct.unpack(">I", data[i : i + 4])[0]] for i in _chunks(data, b"IDAT")
-        )
-    )
-    nonzero = sum(1 for b in pixels[::7] if b) / len(pixels[::7])
-    assert nonzero > 0.02, f"screenshot looks blank ({nonzero:.3%} non-zero filtered bytes)"
-    if os.environ.get("OVERLAYBD_KEEP_SCREENSHOT"):
-        Path(os.environ["OVERLAYBD_KEEP_SCREENSHOT"]).write_bytes(data)
-
-
-def _chunks(data: bytes, kind: bytes):
-    pos = 8
-    while pos < len(data):
-        length = struct.unpack(">I", data[pos : pos + 4])[0]
-        if data[pos + 4 : pos + 8] == kind:
-            yield pos
-        pos += 12 + length
+    assert data["images"] == [] and data["failures"] == [] and data["totals"]["conversions"] == 0

@@ -100,4 +100,4 @@ def test_airflow_cli_lists_provider_hooks_widgets_behaviours_and_plugin():
     found = [p for p in json.loads(plugins) if p["name"] == "overlaybd"]
     assert len(found) == 1, plugins
     assert "airflow.plugins" in found[0]["source"]
-    assert found[0]["external_views"][0]["href"] == "/overlaybd/"
+    assert found[0]["react_apps"][0]["url_route"] == "overlaybd"

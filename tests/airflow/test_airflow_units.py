@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from overlaybd_provider.operators.base import as_platforms
 from overlaybd_provider.operators.image_list import ImageListError, parse_image_list
-from overlaybd_provider.operators.links import image_link
+from overlaybd_provider.operators.links import image_link, registry_ui_link
 from overlaybd_provider.operators.progress import ProgressLog
 from overlaybd_provider.operators.summary import conversion_row, summarize
 
@@ -47,7 +47,35 @@ def test_image_list_yaml_json_and_errors():
 def test_platforms_and_links():
     assert as_platforms("linux/arm64, linux/amd64\nlinux/amd64") == ["linux/amd64", "linux/arm64"]
     assert as_platforms(None) == as_platforms("") == as_platforms([]) == []
-    assert image_link("oci:/tmp/layout:tag", None).startswith("file:///tmp/layout")
+
+
+
+def test_image_link_opens_the_page_or_the_configured_registry_ui(monkeypatch):
+    """No template: the overlaybd page filtered on the image (relative to the UI, or absolute
+    with [api] base_url); with [overlaybd] registry_ui_url_template: the registry's web UI."""
+    digest = "sha256:" + "a" * 64
+    monkeypatch.delenv("AIRFLOW__API__BASE_URL", raising=False)
+    monkeypatch.delenv("AIRFLOW__OVERLAYBD__REGISTRY_UI_URL_TEMPLATE", raising=False)
+    assert image_link("127.0.0.1:5000/obd/app:1", digest, plain_http=True) == (
+        "plugin/overlaybd?image=127.0.0.1%3A5000%2Fobd%2Fapp%3A1"
+    )
+    assert image_link("oci:/tmp/layout:tag", None) == "plugin/overlaybd?image=oci%3A%2Ftmp%2Flayout%3Atag"
+    assert image_link(None, None) is None
+    monkeypatch.setenv("AIRFLOW__API__BASE_URL", "https://airflow.example.com/prefix/")
+    assert image_link("r.example.com/obd/app:1", digest) == (
+        "https://airflow.example.com/prefix/plugin/overlaybd?image=r.example.com%2Fobd%2Fapp%3A1"
+    )
+    template = "https://{registry}/harbor/projects/{namespace}/repositories/{name}/artifacts/{digest}?t={tag}"
+    monkeypatch.setenv("AIRFLOW__OVERLAYBD__REGISTRY_UI_URL_TEMPLATE", template)
+    assert image_link("harbor.example.com/team/app:1.2", digest) == (
+        f"https://harbor.example.com/harbor/projects/team/repositories/app/artifacts/{digest}?t=1.2"
+    )
+    # an OCI layout has no registry UI: back to the page
+    assert image_link("oci:/tmp/layout:tag", None).startswith("https://airflow.example.com/prefix/plugin/")
+    assert registry_ui_link("https://{host}/x", "r.example.com/a:1", None) is None  # unknown placeholder
+    assert registry_ui_link("https://quay.io/repository/{repository}", "quay.io/org/app:1", None) == (
+        "https://quay.io/repository/org/app"
+    )
 
 
 REPORT = {
@@ -86,6 +114,11 @@ def test_summary_counts_reuse_and_saves_only_recorded_costs():
     cached_only = summarize({**REPORT, "manifests": [REPORT["manifests"][1]]})
     assert conversion_row(cached_only, run_key="k", recorded_at="x").manifest_cached
     assert cached_only["seconds_saved"] == 7.0
+    assert row.status == "success" and row.error == ""
+    row = conversion_row(
+        s, run_key="k", recorded_at="x", seconds_saved=1.25, task_id="g.record", map_index=2, try_number=3
+    )
+    assert (row.seconds_saved, row.task_id, row.map_index, row.try_number) == (1.25, "g.record", 2, 3)
 
 
 def test_progress_is_one_line_per_layer_in_binary_units(caplog):
@@ -135,7 +168,26 @@ def test_dag_structure_params_and_limits():
     assert convert.schedule is None and type(convert.timetable).__name__ == "NullTimetable"
     params = convert.params
     assert params.get_param("algorithm").schema["enum"] == ["lz4", "zstd"]
+    # 64 KiB blocks are refused: upstream's reader cannot read incompressible 64 KiB blocks
     assert params.get_param("block_size_kb").schema["enum"] == [4, 8, 16, 32]
+    # optional fields carry "null" in their type, so the trigger form shows no required star
+    for name in ("platforms", "src_registry_conn_id", "dst_registry_conn_id", "dedup_conn_id"):
+        assert "null" in params.get_param(name).schema["type"], name
+    for name in ("algorithm", "block_size_kb", "vsize_gb"):
+        assert params.get_param(name).description, name
+    assert set(params.get_param("block_size_kb").schema["values_display"]) == {"4", "8", "16", "32"}
+    assert {p.schema.get("section") for p in params.values() if hasattr(p, "schema")} == {
+        "Image",
+        "Output format",
+        "Connections",
+    }
+    from airflow.sdk.exceptions import ParamValidationError
+
+    platforms = params.get_param("platforms")
+    assert platforms.resolve(None) is None and platforms.resolve([]) == []  # both mean "all"
+    assert platforms.resolve(["linux/arm64/v8"]) == ["linux/arm64/v8"]
+    with pytest.raises(ParamValidationError):
+        params.get_param("block_size_kb").resolve(64)
     assert {
         "source",
         "destination",

@@ -1,25 +1,55 @@
-"""The ``overlaybd_conversions`` table: one row per converted image, for the UI page.
+"""The ``overlaybd_conversions`` table: one row per conversion (succeeded, failed, retrying), for the UI page.
 
 It lives beside upstream's ``overlaybd_layers`` / ``overlaybd_manifests`` dedup tables (same
-database) and is written by the record / convert operators. Rows are keyed by ``run_key`` (DAG,
-run, task, map index) so a retried or re-run task updates its row instead of adding a duplicate.
-Works on any DB-API connection to MySQL/MariaDB or SQLite.
+database) and is written by the operators: on success (the record / convert operators) and from
+the failure callbacks (:mod:`overlaybd_provider.hooks.conversion_failure`). Rows are keyed by
+``run_key`` (DAG, run, conversion task or task group, map index), so a retry or a re-run updates
+the row of its conversion instead of adding a duplicate: a failure followed by a successful retry
+leaves one succeeded row.
+
+Works on any DB-API connection to MySQL/MariaDB or SQLite. Tables made by an earlier version get
+the missing columns (``ALTER TABLE ... ADD COLUMN``) on first write; a database user without the
+ALTER privilege keeps working with one warning (rows are then written without the new columns,
+and failed conversions are not recorded).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+log = logging.getLogger(__name__)
+
 TABLE = "overlaybd_conversions"
+
+SUCCESS, FAILED, UP_FOR_RETRY, RUNNING = "success", "failed", "up_for_retry", "running"
+STATUSES = (SUCCESS, FAILED, UP_FOR_RETRY, RUNNING)
+
+# Columns added after the first release: (MySQL type, SQLite type). Defaults describe old rows
+# (only successes were recorded then).
+ADDED_COLUMNS: dict[str, tuple[str, str]] = {
+    "status": ("varchar(20) NOT NULL DEFAULT 'success'", "TEXT NOT NULL DEFAULT 'success'"),
+    "error": ("text", "TEXT"),
+    "task_id": ("varchar(250) NOT NULL DEFAULT ''", "TEXT NOT NULL DEFAULT ''"),
+    "map_index": ("int NOT NULL DEFAULT -1", "INTEGER NOT NULL DEFAULT -1"),
+    "try_number": ("int NOT NULL DEFAULT 0", "INTEGER NOT NULL DEFAULT 0"),
+}
+
+
+def _added(dialect: str) -> str:
+    index = 0 if dialect == "mysql" else 1
+    quote = "`" if dialect == "mysql" else ""
+    return "".join(f"  {quote}{name}{quote} {types[index]},\n" for name, types in ADDED_COLUMNS.items())
+
 
 _COLUMNS_SQL = {
     "mysql": f"""CREATE TABLE IF NOT EXISTS `{TABLE}` (
   `id` bigint NOT NULL AUTO_INCREMENT,
-  `run_key` varchar(512) NOT NULL COMMENT 'dag/run/task/map-index: one row per conversion task',
+  `run_key` varchar(512) NOT NULL COMMENT 'dag/run/conversion task/map-index: one row per conversion',
   `source` varchar(512) NOT NULL,
   `target` varchar(512) NOT NULL,
   `source_digest` varchar(255) NOT NULL,
@@ -40,7 +70,7 @@ _COLUMNS_SQL = {
   `run_id` varchar(250) NOT NULL DEFAULT '',
   `recorded_at` varchar(40) NOT NULL,
   `details` text,
-  PRIMARY KEY (`id`),
+{_added("mysql")}  PRIMARY KEY (`id`),
   UNIQUE KEY `uq_overlaybd_conversions_run_key` (`run_key`(255)),
   KEY `ix_overlaybd_conversions_source` (`source`(255), `recorded_at`)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4""",
@@ -66,14 +96,20 @@ _COLUMNS_SQL = {
   dag_id TEXT NOT NULL DEFAULT '',
   run_id TEXT NOT NULL DEFAULT '',
   recorded_at TEXT NOT NULL,
-  details TEXT
+  details TEXT,
+{_added("sqlite").rstrip().rstrip(",")}
 )""",
 }
 
 
 @dataclass(frozen=True)
 class ConversionRow:
-    """One recorded conversion (sizes in bytes, times in seconds, ``recorded_at`` ISO-8601 UTC)."""
+    """One recorded conversion (sizes in bytes, times in seconds, ``recorded_at`` ISO-8601 UTC).
+
+    ``seconds_saved`` is the recorded build cost of the layers this conversion reused (what
+    building them cost when they were built), not an estimate. ``error`` is the one-line error
+    of a failed (or retrying) conversion; ``try_number`` the task try that wrote the row.
+    """
 
     run_key: str
     source: str
@@ -96,15 +132,24 @@ class ConversionRow:
     dag_id: str = ""
     run_id: str = ""
     details: dict[str, Any] = field(default_factory=dict)
+    status: str = SUCCESS
+    error: str = ""
+    task_id: str = ""
+    map_index: int = -1
+    try_number: int = 0
 
     @classmethod
     def column_names(cls) -> list[str]:
         return [f.name for f in fields(cls)]
 
-    def as_params(self) -> list[Any]:
+    def as_record(self) -> dict[str, Any]:
         values = asdict(self)
         values["details"] = json.dumps(self.details, sort_keys=True)
         values["manifest_cached"] = int(self.manifest_cached)
+        return values
+
+    def as_params(self) -> list[Any]:
+        values = self.as_record()
         return [values[name] for name in self.column_names()]
 
     @classmethod
@@ -113,7 +158,14 @@ class ConversionRow:
         raw = values.get("details")
         values["details"] = json.loads(raw) if isinstance(raw, str) and raw else (raw or {})
         values["manifest_cached"] = bool(values.get("manifest_cached"))
+        for name, default in (("error", ""), ("status", SUCCESS), ("task_id", "")):
+            if name in values and values[name] is None:
+                values[name] = default
         return cls(**values)
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status == SUCCESS
 
 
 def dialect_of(conn: Any) -> str:
@@ -128,6 +180,16 @@ def dialect_of(conn: Any) -> str:
     )
 
 
+_warned: set[str] = set()
+
+
+def warn_once(key: str, message: str, *args: Any) -> None:
+    """One warning per process and ``key`` (a degraded schema would otherwise warn on every row)."""
+    if key not in _warned:
+        _warned.add(key)
+        log.warning(message, *args)
+
+
 class ConversionLog:
     """Reads and writes ``overlaybd_conversions`` over a caller-owned DB-API connection."""
 
@@ -135,14 +197,88 @@ class ConversionLog:
         self.conn = conn
         self.dialect = dialect_of(conn)
         self._mark = "?" if self.dialect == "sqlite" else "%s"
+        self._columns: set[str] | None = None
 
+    # -- schema -------------------------------------------------------------------------------
     def create_table(self) -> None:
-        self._execute(_COLUMNS_SQL[self.dialect])
-        self.conn.commit()
+        """Create the table, or bring an older one up to date (see :meth:`migrate`). An existing
+        table is not re-created: MySQL checks the CREATE privilege even for ``IF NOT EXISTS``."""
+        if not self.table_exists():
+            self._execute(_COLUMNS_SQL[self.dialect])
+            self.conn.commit()
+        self._columns = None
+        self.migrate()
 
-    def record(self, row: ConversionRow) -> None:
-        """Insert ``row``, or replace the row with the same ``run_key`` (retries never duplicate)."""
-        names = ConversionRow.column_names()
+    def columns(self) -> set[str]:
+        """The table's columns (read once per instance)."""
+        if self._columns is None:
+            if self.dialect == "sqlite":
+                rows = self._query(f"PRAGMA table_info({TABLE})")
+                self._columns = {str(r["name"]) for r in rows}
+            else:
+                rows = self._query(
+                    "SELECT column_name AS name FROM information_schema.columns "
+                    "WHERE table_schema = DATABASE() AND table_name = %s",
+                    [TABLE],
+                )
+                self._columns = {str(r["name"]).lower() for r in rows}
+        return self._columns
+
+    def missing_columns(self) -> list[str]:
+        present = self.columns()
+        return [name for name in ADDED_COLUMNS if name not in present]
+
+    def migrate(self) -> list[str]:
+        """Add the columns an older table lacks; returns those still missing afterwards.
+
+        A concurrent writer may add a column first (duplicate-column error: fine). Without the
+        ALTER privilege the table stays as it is and one warning says what to run."""
+        missing = self.missing_columns()
+        index = 0 if self.dialect == "mysql" else 1
+        failure = None
+        for name in missing:
+            quoted = f"`{name}`" if self.dialect == "mysql" else name
+            try:
+                self._execute(f"ALTER TABLE {TABLE} ADD COLUMN {quoted} {ADDED_COLUMNS[name][index]}")
+                self.conn.commit()
+            except Exception as exc:
+                self._rollback()
+                failure = failure or exc
+        self._columns = None
+        still = self.missing_columns()
+        if still:
+            statements = "; ".join(
+                f"ALTER TABLE {TABLE} ADD COLUMN {n} {ADDED_COLUMNS[n][index]}" for n in still
+            )
+            warn_once(
+                f"migrate:{self.dialect}",
+                "%s lacks column(s) %s and they cannot be added (%s): conversions are recorded "
+                "without them and failed conversions are not recorded; a database admin can run: %s",
+                TABLE,
+                ", ".join(still),
+                _one_line(failure),
+                statements,
+            )
+        return still
+
+    # -- rows ---------------------------------------------------------------------------------
+    def record(self, row: ConversionRow) -> bool:
+        """Insert ``row``, or replace the row with the same ``run_key`` (retries never duplicate).
+
+        Returns False (and warns once) when the row cannot be represented: a non-success row on
+        a table without the ``status`` column would read back as a success."""
+        present = self.columns()
+        if row.status != SUCCESS and "status" not in present:
+            warn_once(
+                f"status:{self.dialect}",
+                "%s has no status column: %s conversion of %s not recorded",
+                TABLE,
+                row.status,
+                row.source,
+            )
+            return False
+        values = row.as_record()
+        names = [n for n in ConversionRow.column_names() if n in present]
         marks = ", ".join([self._mark] * len(names))
         updates = [n for n in names if n != "run_key"]
         if self.dialect == "mysql":
@@ -153,28 +289,29 @@ class ConversionLog:
             cols = ", ".join(names)
             tail = ", ".join(f"{n} = excluded.{n}" for n in updates)
             sql = f"INSERT INTO {TABLE} ({cols}) VALUES ({marks}) ON CONFLICT(run_key) DO UPDATE SET {tail}"
-        self._execute(sql, row.as_params())
+        self._execute(sql, [values[n] for n in names])
         self.conn.commit()
+        return True
 
-    def recent(self, *, limit: int = 200, source: str | None = None) -> list[ConversionRow]:
-        """Newest first; ``source`` filters one image."""
-        cols = ", ".join(ConversionRow.column_names())
-        where, params = "", []
+    def recent(
+        self, *, limit: int = 200, source: str | None = None, status: str | None = None
+    ) -> list[ConversionRow]:
+        """Newest first; ``source`` keeps the conversions of one image (as source or target),
+        ``status`` those in one state (old tables without the column hold only successes)."""
+        present = self.columns()
+        cols = ", ".join(n for n in ConversionRow.column_names() if n in present)
+        where, params = [], []
         if source:
-            where, params = f" WHERE source = {self._mark}", [source]
-        sql = f"SELECT {cols} FROM {TABLE}{where} ORDER BY recorded_at DESC, id DESC LIMIT {int(limit)}"
+            where.append(f"(source = {self._mark} OR target = {self._mark})")
+            params += [source, source]
+        if status and "status" in present:
+            where.append(f"status = {self._mark}")
+            params.append(status)
+        elif status and status != SUCCESS:
+            return []
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        sql = f"SELECT {cols} FROM {TABLE}{clause} ORDER BY recorded_at DESC, id DESC LIMIT {int(limit)}"
         return [ConversionRow.from_record(r) for r in self._query(sql, params)]
-
-    def build_rate(self, *, last: int = 50) -> float | None:
-        """Source bytes per second of recent builds (to estimate time saved by reuse), or None."""
-        sql = (
-            f"SELECT built_source_bytes, built_seconds FROM {TABLE} WHERE built_seconds > 0 "
-            f"ORDER BY recorded_at DESC, id DESC LIMIT {int(last)}"
-        )
-        rows = self._query(sql)
-        nbytes = sum(int(r["built_source_bytes"]) for r in rows)
-        seconds = sum(float(r["built_seconds"]) for r in rows)
-        return nbytes / seconds if seconds > 0 and nbytes > 0 else None
 
     def count(self) -> int:
         rows = self._query(f"SELECT COUNT(*) AS n FROM {TABLE}")
@@ -207,6 +344,19 @@ class ConversionLog:
             return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
         finally:
             cur.close()
+
+    def _rollback(self) -> None:
+        try:
+            self.conn.rollback()
+        except Exception:
+            pass
+
+
+def _one_line(exc: BaseException | None) -> str:
+    if exc is None:
+        return "no error reported"
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}"[:300]
 
 
 def create_table_sql(dialect: str) -> str:

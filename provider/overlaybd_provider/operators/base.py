@@ -15,6 +15,12 @@ from typing import Any
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException
 
+from overlaybd_provider.hooks.conversion_failure import (
+    conversion_run_key,
+    on_conversion_failure,
+    on_conversion_retry,
+    task_fields,
+)
 from overlaybd_provider.hooks.dedup import OverlaybdDedupHook
 from overlaybd_provider.hooks.registry import hook_for_reference
 from overlaybd_provider.malloc import keep_large_buffers
@@ -92,6 +98,9 @@ class OverlaybdBaseOperator(BaseOperator):
 
     def __init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("retry_policy", OverlaybdRetryPolicy())
+        # failed and retrying conversions appear on the overlaybd page with their error line
+        kwargs.setdefault("on_failure_callback", on_conversion_failure)
+        kwargs.setdefault("on_retry_callback", on_conversion_retry)
         super().__init__(**kwargs)
 
     # -- validation at parse time ----------------------------------------------------------------
@@ -167,24 +176,20 @@ class OverlaybdBaseOperator(BaseOperator):
     # -- bookkeeping ------------------------------------------------------------------------------
     @staticmethod
     def run_key(context: Mapping[str, Any], fallback: str) -> str:
-        ti = context.get("ti")
-        if ti is None:
-            return f"manual|{fallback}"
-        return f"{ti.dag_id}|{ti.run_id}|{ti.task_id}|{getattr(ti, 'map_index', -1)}"
+        """The conversion's row key, shared with failure rows (``record_failure``)."""
+        return conversion_run_key(context, fallback)
 
     def log_conversion(self, hook: OverlaybdDedupHook, conn: Any, context: Mapping[str, Any], summary: dict,
                        seconds: float) -> Any:
         """Writes (or updates) this task's row of the ``overlaybd_conversions`` table behind the UI page
         and returns it; keyed by the task instance, so a retry updates its own row."""
         logbook = hook.conversion_log(conn, create=True)
-        ti = context.get("ti")
         row = conversion_row(
             summary,
             run_key=self.run_key(context, f"{summary['target']}@{summary['target_digest']}"),
             recorded_at=utc_now_iso(),
-            dag_id=getattr(ti, "dag_id", "") or "",
-            run_id=getattr(ti, "run_id", "") or "",
             seconds=seconds,
+            **task_fields(context),
         )
         logbook.record(row)
         return row

@@ -57,8 +57,22 @@ def summarize(report: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def conversion_row(summary: Mapping[str, Any], *, run_key: str, recorded_at: str, dag_id: str = "",
-                   run_id: str = "", seconds: float | None = None) -> ConversionRow:
+def conversion_row(
+    summary: Mapping[str, Any],
+    *,
+    run_key: str,
+    recorded_at: str,
+    dag_id: str = "",
+    run_id: str = "",
+    seconds: float | None = None,
+    seconds_saved: float | None = None,
+    task_id: str = "",
+    map_index: int = -1,
+    try_number: int = 0,
+) -> ConversionRow:
+    """The succeeded row; ``seconds_saved`` defaults to ``summary["seconds_saved"]`` (the recorded
+    build cost of the reused layers)."""
+    saved = seconds_saved if seconds_saved is not None else summary.get("seconds_saved")
     return ConversionRow(
         run_key=run_key,
         source=str(summary.get("source") or ""),
@@ -76,9 +90,13 @@ def conversion_row(summary: Mapping[str, Any], *, run_key: str, recorded_at: str
         built_source_bytes=int(summary.get("built_source_bytes") or 0),
         built_seconds=float(summary.get("built_seconds") or 0.0),
         seconds=float(seconds if seconds is not None else summary.get("seconds") or 0.0),
-        seconds_saved=float(summary.get("seconds_saved") or 0.0),
-        manifest_cached=bool(summary.get("manifests")) and summary.get("manifests_cached") == summary.get("manifests"),
+        seconds_saved=round(float(saved or 0.0), 3),
+        manifest_cached=bool(summary.get("manifests"))
+        and summary.get("manifests_cached") == summary.get("manifests"),
         dag_id=dag_id,
         run_id=run_id,
         details={"dedup": dict(summary.get("dedup") or {})},
+        task_id=task_id,
+        map_index=map_index,
+        try_number=try_number,
     )
