@@ -116,8 +116,14 @@ class CheckpointingGunzip(io.RawIOBase):
         if size is None or size < 0:
             return self.readall()
         buf = bytearray(size)
-        n = self.readinto(buf)
-        return bytes(buf[:n]) if n != size else bytes(buf)
+        mv = memoryview(buf)
+        got = 0
+        while got < size:
+            n = self.readinto(mv[got:])
+            if not n:
+                break
+            got += n
+        return bytes(buf) if got == size else bytes(buf[:got])
 
     @property
     def digest(self) -> str:
