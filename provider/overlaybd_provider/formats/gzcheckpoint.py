@@ -16,7 +16,6 @@ version; only the window compression does, and that uses pinned zlib-ng (:mod:`.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import hashlib
 import io
 import logging
@@ -24,12 +23,12 @@ from typing import BinaryIO
 
 from overlaybd_provider.formats.errors import FormatError
 from overlaybd_provider.formats.gzindex import SPAN, WINSIZE, GzIndexWriter
+from overlaybd_provider.formats.zlibapi import Z_BLOCK, Z_BUF_ERROR, Z_OK, Z_STREAM_END, ZStream, zlib_lib
 
 log = logging.getLogger(__name__)
 
 _OUT = 1 << 20
 _IN = 256 << 10
-Z_OK, Z_STREAM_END, Z_BUF_ERROR, Z_BLOCK = 0, 1, -5, 5
 _EACH_BLOCK, _LAST_BLOCK = 0x80, 0x40
 
 
@@ -41,31 +40,6 @@ class NotTurboCapable(FormatError):
     """A valid layer that upstream's TurboOCI reader cannot serve (e.g. several gzip members)."""
 
 
-class _ZStream(ctypes.Structure):
-    _fields_ = [
-        ("next_in", ctypes.c_void_p), ("avail_in", ctypes.c_uint), ("total_in", ctypes.c_ulong),
-        ("next_out", ctypes.c_void_p), ("avail_out", ctypes.c_uint), ("total_out", ctypes.c_ulong),
-        ("msg", ctypes.c_char_p), ("state", ctypes.c_void_p),
-        ("zalloc", ctypes.c_void_p), ("zfree", ctypes.c_void_p), ("opaque", ctypes.c_void_p),
-        ("data_type", ctypes.c_int), ("adler", ctypes.c_ulong), ("reserved", ctypes.c_ulong),
-    ]
-
-
-_lib: ctypes.CDLL | None = None
-
-
-def _zlib() -> ctypes.CDLL:
-    global _lib
-    if _lib is None:
-        lib = ctypes.CDLL(ctypes.util.find_library("z") or "libz.so.1")
-        lib.zlibVersion.restype = ctypes.c_char_p
-        lib.inflateInit2_.argtypes = [ctypes.POINTER(_ZStream), ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
-        lib.inflate.argtypes = [ctypes.POINTER(_ZStream), ctypes.c_int]
-        lib.inflateEnd.argtypes = [ctypes.POINTER(_ZStream)]
-        _lib = lib
-    return _lib
-
-
 class CheckpointingGunzip(io.RawIOBase):
     """A readable stream of the uncompressed tar; checkpoints go to ``index`` as it is read.
 
@@ -75,9 +49,9 @@ class CheckpointingGunzip(io.RawIOBase):
     def __init__(self, src: BinaryIO, index: GzIndexWriter | None, *, name: str = "gzip layer",
                  span: int = SPAN) -> None:
         self._src, self._index, self.name, self._span = src, index, name, span
-        self._z = _zlib()
-        self._strm = _ZStream()
-        ret = self._z.inflateInit2_(ctypes.byref(self._strm), 31, self._z.zlibVersion(), ctypes.sizeof(_ZStream))
+        self._z = zlib_lib()
+        self._strm = ZStream()
+        ret = self._z.inflateInit2_(ctypes.byref(self._strm), 31, self._z.zlibVersion(), ctypes.sizeof(ZStream))
         if ret != Z_OK:
             raise MemoryError(f"inflateInit2 failed ({ret})")
         self._open = True

@@ -198,48 +198,37 @@ class _Cursor:
     """An inflater positioned at ``pos`` of the uncompressed stream (continues sequential reads)."""
 
     def __init__(self, gz: ByteSource, index: GzIndex, i: int) -> None:
+        from overlaybd_provider.formats.zlibapi import RawInflater
+
         self.gz = gz
         self.pos = index.de[i]
         bits = index.bits[i]
-        self.bitpos = index.en[i] * 8 - bits  # first bit of the deflate block
-        self.d = zlib.decompressobj(-15, zdict=index.window(i))
-        self.ended = False
-
-    def _feed(self) -> bytes:
-        """The next chunk of compressed input, shifted so that it starts on a byte boundary
-        (Python's zlib has no ``inflatePrime``; shifting the input does the same)."""
-        byte, shift = divmod(self.bitpos, 8)
-        n = min(_CHUNK, self.gz.size - byte)
-        if n <= 0:
-            return b""
-        raw = self.gz.read(byte, n)
-        if shift:
-            val = int.from_bytes(raw, "little") >> shift
-            raw = val.to_bytes(n, "little")[: n - 1] if n > 1 else b""
-            self.bitpos += (len(raw)) * 8
-            if not raw:  # the last byte holds only the final bits
-                raw = bytes([val & 0xFF])
-                self.bitpos += 8
-        else:
-            self.bitpos += n * 8
-        return raw
+        self.inpos = index.en[i] - (1 if bits else 0)
+        prime = 0
+        if bits:  # the block's first bits are the high ones of the byte before en_pos
+            prime = gz.read(self.inpos, 1)[0]
+            self.inpos += 1
+        self.d = RawInflater(index.window(i), bits, prime)
 
     def take(self, length: int) -> bytes:
         """Up to ``length`` bytes from the current position (fewer at the end of the member)."""
         out = []
         have = 0
-        while have < length:
-            if self.ended:
-                break
-            if self.d.unconsumed_tail:
-                part = self.d.decompress(self.d.unconsumed_tail, length - have)
-            else:
-                feed = self._feed()
-                if not feed:
+        d = self.d
+        while have < length and not d.eof:
+            if d.needs_input:
+                n = min(_CHUNK, self.gz.size - self.inpos)
+                if n <= 0:
                     break
-                part = self.d.decompress(feed, length - have)
-            if self.d.eof:
-                self.ended = True
+                d.feed(self.gz.read(self.inpos, n))
+                self.inpos += n
+            try:
+                part = d.inflate(min(length - have, 1 << 20))
+            except ValueError as exc:
+                raise GzIndexError(f"{self.gz.name}: gzip data at uncompressed offset {self.pos} does not inflate "
+                                   f"from its gzip.meta checkpoint ({exc}): wrong source for this index?") from None
+            if not part and not d.needs_input and not d.eof:
+                raise GzIndexError(f"{self.gz.name}: gzip data at uncompressed offset {self.pos} makes no progress")
             out.append(part)
             have += len(part)
             self.pos += len(part)

@@ -216,11 +216,17 @@ class TurboLayerFile:
 
     nesting = ["turbo"]  # what callers that print a layer's nesting show
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self, *, target_digest: bool = True) -> dict[str, Any]:
+        """What ``overlaybd inspect turbo:META,SOURCE`` prints; ``target_digest`` hashes the
+        source blob (the ``turbo-oci/target-digest`` annotation it must match)."""
         r = self.lsmt
+        target: dict[str, Any] = {"file": self.target_name, "kind": self.target_kind,
+                                  "uncompressed_size": r.target.inner.size}
+        if target_digest:
+            target["digest"], target["size"] = file_digest(self.target_name)
         info: dict[str, Any] = {
-            "file": self.name, "format": "TurboOCIv1", "fstype": self.fstype, "members": self.members,
-            "target": {"file": self.target_name, "kind": self.target_kind, "size": r.target.inner.size},
+            "file": self.name, "format": "TurboOCIv1", "fstype": self.fstype, "members": ", ".join(self.members),
+            "target": target,
             "lsmt": {"uuid": r.uuid, "parent_uuid": r.parent_uuid, "virtual_size": r.virtual_size,
                      "entries": r.entry_count, "meta_bytes": r.meta_sectors * 512,
                      "target_bytes": r.target_sectors * 512},
@@ -245,6 +251,49 @@ class TurboLayerFile:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def file_digest(path: str | os.PathLike[str]) -> tuple[str, int]:
+    """``("sha256:…", size)`` of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+            size += len(chunk)
+    return f"sha256:{h.hexdigest()}", size
+
+
+def describe_meta_blob(path: str | os.PathLike[str], *, spool_dir: str | None = None) -> dict[str, Any]:
+    """A TurboOCIv1 meta blob on its own (no source): members, fs meta LSMT and gzip index."""
+    from overlaybd_provider.formats.lsmt_reader import LSMTReader
+
+    owned: list[Any] = []
+    try:
+        src = _open_file(path, owned)
+        members = _unpack_meta_blob(src, spool_dir, owned)
+        digest, size = file_digest(path)
+        info: dict[str, Any] = {"file": str(path), "format": "TurboOCIv1 meta blob", "digest": digest,
+                                "size": size, "members": {k: v.size for k, v in sorted(members.items())}}
+        metas = sorted(k for k in members if k.endswith(FS_META_SUFFIX))
+        if metas:
+            meta = members[metas[0]]
+            payload: ByteSource = meta
+            if meta.size >= ZFILE_HEADER_SIZE and is_zfile_header(meta.read(0, ZFILE_HEADER_SIZE)):
+                payload = ZFileReader(meta)
+            r = LSMTReader(payload, name=f"{path}:{metas[0]}", warp=True)
+            target = sum(r.ends[i] - r.offsets[i] for i, t in enumerate(r.tags) if t)
+            info["lsmt"] = {"uuid": r.uuid, "parent_uuid": r.parent_uuid, "virtual_size": r.virtual_size,
+                            "entries": r.entry_count, "meta_bytes": (r.mapped_sectors - target) * 512,
+                            "target_bytes": target * 512}
+        if GZIP_META in members:
+            g = GzIndex(members[GZIP_META]).info
+            info["gzip_index"] = {"spans": g.entries, "span": g.span, "gzip_file_size": g.gzip_file_size,
+                                  "uncompressed_size": g.uncompressed_size}
+        return info
+    finally:
+        for f in reversed(owned):
+            f.close()
 
 
 def _open_file(path: str | os.PathLike[str], owned: list[Any]) -> FileRange:
@@ -318,7 +367,7 @@ def open_turbo_layer(meta: str | os.PathLike[str], source: str | os.PathLike[str
             fs_meta = members[metas[0]]
             fstype = metas[0][: -len(FS_META_SUFFIX)]
             gz_meta = members.get(GZIP_META)
-            names = sorted(members)
+            names = list(members)  # in blob order
         else:
             fs_meta, gz_meta, names = msrc, None, [os.path.basename(str(meta))]
         if gzindex is not None:
