@@ -376,6 +376,9 @@ def open_turbo_layer(meta: str | os.PathLike[str], source: str | os.PathLike[str
         ok, kind = turbo_capability(head=head)
         if not ok:
             raise TurboFormatError(f"{source}: {kind}")
+        if kind == "tar" and gz_meta is not None:
+            raise TurboFormatError(f"{meta}: the meta has a {GZIP_META} (a gzip source) but the source {source} "
+                                   "is a plain tar: wrong source for this layer?")
         target: ByteSource = ssrc
         gzinfo = None
         if kind == "gzip":
