@@ -1,6 +1,6 @@
 """A 2 GB gzip layer becomes a TurboOCIv1 meta layer in bounded memory (peak RSS <= 300 MB).
 
-The layer (2 GiB of tar: one 1.5 GiB file and 2 000 files of 256 KiB, seeded pseudo-random
+The layer (2.1 GiB of tar: one 1.5 GiB file and 2 000 files of 320 KiB, seeded pseudo-random
 data with text runs) is written by a child through ISA-L; a fresh interpreter builds the meta
 layer and reports its own ``VmHWM`` (:mod:`support.peakrss`: ``ru_maxrss`` of a pytest
 child is inflated by the parent's peak). The result is also opened by our reader, which
@@ -44,7 +44,7 @@ with igzip.open(path, "wb", compresslevel=1) as gz, tarfile.open(fileobj=gz, mod
         tf.addfile(ti, Gen(size, seed))
     add("data/huge.bin", 3 * (1 << 29), 1)
     for i in range(2000):
-        add(f"data/small/{i:05d}", 256 << 10, 10 + i)
+        add(f"data/small/{i:05d}", 320 << 10, 10 + i)
 print("{}")
 '''
 
