@@ -125,3 +125,7 @@ def test_capability_question() -> None:
     assert target_media_type("application/vnd.docker.image.rootfs.diff.tar.gzip", True) == \
         "application/vnd.docker.image.rootfs.diff.tar.gzip"
     assert target_media_type("application/vnd.oci.image.layer.v1.tar", False) == "application/vnd.oci.image.layer.v1.tar"
+
+
+def test_inspect_refuses_a_plain_gzip_layer(upstream_turbo: Path, cli) -> None:
+    assert_user_error(cli("inspect", upstream_turbo / "L1.tar.gz"), "is not a TurboOCIv1 meta blob")

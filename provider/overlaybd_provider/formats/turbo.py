@@ -276,16 +276,18 @@ def describe_meta_blob(path: str | os.PathLike[str], *, spool_dir: str | None = 
         info: dict[str, Any] = {"file": str(path), "format": "TurboOCIv1 meta blob", "digest": digest,
                                 "size": size, "members": {k: v.size for k, v in sorted(members.items())}}
         metas = sorted(k for k in members if k.endswith(FS_META_SUFFIX))
-        if metas:
-            meta = members[metas[0]]
-            payload: ByteSource = meta
-            if meta.size >= ZFILE_HEADER_SIZE and is_zfile_header(meta.read(0, ZFILE_HEADER_SIZE)):
-                payload = ZFileReader(meta)
-            r = LSMTReader(payload, name=f"{path}:{metas[0]}", warp=True)
-            target = sum(r.ends[i] - r.offsets[i] for i, t in enumerate(r.tags) if t)
-            info["lsmt"] = {"uuid": r.uuid, "parent_uuid": r.parent_uuid, "virtual_size": r.virtual_size,
-                            "entries": r.entry_count, "meta_bytes": (r.mapped_sectors - target) * 512,
-                            "target_bytes": target * 512}
+        if not metas:
+            raise TurboFormatError(f"{path}: a gzip tar without a *{FS_META_SUFFIX} member is not a TurboOCIv1 "
+                                   "meta blob (a source layer? inspect turbo:META_BLOB,SOURCE_BLOB)")
+        meta = members[metas[0]]
+        payload: ByteSource = meta
+        if meta.size >= ZFILE_HEADER_SIZE and is_zfile_header(meta.read(0, ZFILE_HEADER_SIZE)):
+            payload = ZFileReader(meta)
+        r = LSMTReader(payload, name=f"{path}:{metas[0]}", warp=True)
+        target = sum(r.ends[i] - r.offsets[i] for i, t in enumerate(r.tags) if t)
+        info["lsmt"] = {"uuid": r.uuid, "parent_uuid": r.parent_uuid, "virtual_size": r.virtual_size,
+                        "entries": r.entry_count, "meta_bytes": (r.mapped_sectors - target) * 512,
+                        "target_bytes": target * 512}
         if GZIP_META in members:
             g = GzIndex(members[GZIP_META]).info
             info["gzip_index"] = {"spans": g.entries, "span": g.span, "gzip_file_size": g.gzip_file_size,
