@@ -129,3 +129,21 @@ def test_capability_question() -> None:
 
 def test_inspect_refuses_a_plain_gzip_layer(upstream_turbo: Path, cli) -> None:
     assert_user_error(cli("inspect", upstream_turbo / "L1.tar.gz"), "is not a TurboOCIv1 meta blob")
+
+
+def test_diff_id_is_checked(upstream_turbo: Path, tmp_path: Path) -> None:
+    """The config's diff_id (sha256 of the uncompressed tar) is verified for gzip and tar sources."""
+    from overlaybd_provider.ext4.errors import DiffIdMismatchError
+    from overlaybd_provider.ext4.turbo import apply_turbo_layer
+
+    for src in (upstream_turbo / "L1.tar.gz", upstream_turbo / "L2.tar"):
+        data = src.read_bytes()
+        plain = gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
+        good = "sha256:" + hashlib.sha256(plain).hexdigest()
+        out = tmp_path / f"{src.name}.turbo.tar.gz"
+        apply_turbo_layer([], src, out, diff_id=good)
+        assert out.is_file()
+        out.unlink()
+        with pytest.raises(DiffIdMismatchError, match="does not match the config's diff_id"):
+            apply_turbo_layer([], src, out, diff_id="sha256:" + "1" * 64)
+        assert not out.exists()

@@ -31,6 +31,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "annotation; Docker types stay Docker)")
     p.add_argument("--expected-digest", metavar="sha256:HEX",
                    help="with --turbo-oci: fail unless LAYER has this digest")
+    p.add_argument("--diff-id", metavar="sha256:HEX",
+                   help="fail unless the uncompressed tar has this digest (the image config's diff_id)")
     p.add_argument("--vsize", type=int, default=64, metavar="GB",
                    help="virtual device size in GiB when formatting (default 64)")
     p.add_argument("--algorithm", choices=("lz4", "zstd"), default="lz4", help="ZFile compression")
@@ -50,7 +52,8 @@ def _run_turbo(args: argparse.Namespace) -> int:
     from overlaybd_provider.ext4.turbo import apply_turbo_layer
 
     res = apply_turbo_layer(args.lower, args.layer, args.output, source_media_type=args.source_media_type,
-                            expected_digest=args.expected_digest, vsize_gb=args.vsize, fstype=args.fstype,
+                            expected_digest=args.expected_digest, diff_id=args.diff_id, vsize_gb=args.vsize,
+                            fstype=args.fstype,
                             uuid=args.uuid, parent_uuid=args.parent_uuid, mkfs_options=args.mkfs_options)
     if args.json:
         print(json.dumps(res.as_dict(), sort_keys=True))
@@ -75,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
 
     res = apply_layer(args.lower, args.layer, args.output, vsize_gb=args.vsize, algorithm=args.algorithm,
                       block_size_kb=args.bs, raw=args.raw, uuid=args.uuid, parent_uuid=args.parent_uuid,
-                      mkfs_options=args.mkfs_options)
+                      mkfs_options=args.mkfs_options, diff_id=args.diff_id)
     if args.json:
         print(json.dumps(res.__dict__, sort_keys=True))
     else:

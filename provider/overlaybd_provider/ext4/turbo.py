@@ -27,7 +27,7 @@ from overlaybd_provider.errors import OverlaybdError
 from overlaybd_provider.ext4.apply import GIB
 from overlaybd_provider.ext4.blockdev import SECTORS_PER_BLOCK, LowerStack, OverlayBlockDevice
 from overlaybd_provider.ext4.changeset import apply_tar
-from overlaybd_provider.ext4.errors import Ext4Error
+from overlaybd_provider.ext4.errors import DiffIdMismatchError, Ext4Error
 from overlaybd_provider.ext4.fs import Filesystem
 from overlaybd_provider.ext4.layout import BLOCK_SIZE, SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE, Superblock
 from overlaybd_provider.ext4.mkfs import MkfsOptions, mkfs
@@ -53,7 +53,9 @@ _SEAL_BLOCKS = 256
 
 
 class TurboSourceError(OverlaybdError):
-    """The source layer blob is not the one expected (digest or size)."""
+    """The source layer blob is not the one expected (digest or size): a lying source."""
+
+    retryable = False
 
 
 class TurboUnsupported(OverlaybdError):
@@ -152,10 +154,14 @@ def apply_turbo_to_stack(lower: LowerStack | None, source: BinaryIO, out: Binary
                          expected_size: int | None = None, vsize_gb: int = 64, fstype: str = "ext4",
                          uuid: str | None = None, parent_uuid: str | None = None,
                          mkfs_options: MkfsOptions | str | None = None, algorithm: str = "lz4",
-                         block_size_kb: int = 4, spool_dir: str | None = None,
+                         block_size_kb: int = 4, spool_dir: str | None = None, diff_id: str | None = None,
                          name: str = "source layer") -> TurboLayerResult:
-    """Build the TurboOCIv1 meta blob of ``source`` (a layer blob, read from its current
-    position to the end) over ``lower`` (None: mkfs first) and write it to ``out``."""
+    """Build the TurboOCIv1 meta blob of ``source`` (a seekable layer blob, read once from its
+    current position to the end) over ``lower`` (None: mkfs first) and write it to ``out``.
+
+    ``expected_digest``/``expected_size``: what the manifest says of the blob; ``diff_id``: what
+    the image config says of the uncompressed tar. All are checked after the whole source was
+    read and before anything is written to ``out``."""
     started = time.monotonic()
     if fstype != "ext4":
         raise TurboUnsupported(f"TurboOCI with --fstype {fstype} is not supported yet (ext4 only)")
@@ -167,7 +173,8 @@ def apply_turbo_to_stack(lower: LowerStack | None, source: BinaryIO, out: Binary
     vsize = _vsize(lower, vsize_gb)
     index = GzIndexWriter(spool_dir=spool_dir) if kind == "gzip" else None
     stream: CheckpointingGunzip | _HashingReader = (
-        CheckpointingGunzip(source, index, name=name) if index is not None else _HashingReader(source))
+        CheckpointingGunzip(source, index, name=name, hash_output=diff_id is not None)
+        if index is not None else _HashingReader(source))
     dev = OverlayBlockDevice(lower, block_count=vsize // BLOCK_SIZE, spool_dir=spool_dir, turbo=True)
     try:
         if lower is None:
@@ -184,6 +191,10 @@ def apply_turbo_to_stack(lower: LowerStack | None, source: BinaryIO, out: Binary
             raise TurboSourceError(f"{name}: content digest {digest} does not match the expected {expected_digest}")
         if expected_size is not None and stream.compressed_size != expected_size:
             raise TurboSourceError(f"{name}: {stream.compressed_size} bytes, expected {expected_size}")
+        if diff_id is not None:
+            got = stream.content_digest if isinstance(stream, CheckpointingGunzip) else digest
+            if got != diff_id:
+                raise DiffIdMismatchError(f"{name}: content {got} does not match the config's diff_id {diff_id}")
         with contextlib.ExitStack() as spools:
             fsmeta = spools.enter_context(tempfile.TemporaryFile(dir=spool_dir, prefix="fsmeta-"))
             meta_blocks, target_blocks = _seal_warp(dev, fsmeta, vsize=vsize, uuid=uuid, parent_uuid=parent_uuid,
@@ -224,7 +235,8 @@ def apply_turbo_to_stack(lower: LowerStack | None, source: BinaryIO, out: Binary
 
 def apply_turbo_layer(lowers: Sequence[str | os.PathLike[str]], source_path: str | os.PathLike[str],
                       out_path: str | os.PathLike[str], *, source_media_type: str | None = None,
-                      expected_digest: str | None = None, **kwargs: object) -> TurboLayerResult:
+                      expected_digest: str | None = None, diff_id: str | None = None,
+                      **kwargs: object) -> TurboLayerResult:
     """File-level entry (``overlaybd apply-layer --turbo-oci``): lowers are native blobs or
     ``turbo:META,SOURCE`` specs, bottom first; ``out_path`` is replaced only on success."""
     from overlaybd_provider.formats.stack import LayerStack
@@ -246,7 +258,8 @@ def apply_turbo_layer(lowers: Sequence[str | os.PathLike[str]], source_path: str
             os.fchmod(fd, 0o666 & ~umask)
             with os.fdopen(fd, "wb") as out:
                 res = apply_turbo_to_stack(stack, src, out, source_media_type=source_media_type,
-                                           expected_digest=expected_digest, spool_dir=str(out_path.parent),
+                                           expected_digest=expected_digest, diff_id=diff_id,
+                                           spool_dir=str(out_path.parent),
                                            name=str(source_path), **kwargs)  # type: ignore[arg-type]
             os.replace(tmp_name, out_path)
             tmp_name = None

@@ -47,7 +47,7 @@ class CheckpointingGunzip(io.RawIOBase):
     ``compressed_size`` once :attr:`ended`; ``uncompressed_size`` counts the output."""
 
     def __init__(self, src: BinaryIO, index: GzIndexWriter | None, *, name: str = "gzip layer",
-                 span: int = SPAN) -> None:
+                 span: int = SPAN, hash_output: bool = False) -> None:
         self._src, self._index, self.name, self._span = src, index, name, span
         self._z = zlib_lib()
         self._strm = ZStream()
@@ -63,6 +63,7 @@ class CheckpointingGunzip(io.RawIOBase):
         self._fill = WINSIZE  # _out[:WINSIZE] = the 32 KiB before _out[WINSIZE] (zeros at start)
         self._rpos = WINSIZE
         self._hash = hashlib.sha256()
+        self._out_hash = hashlib.sha256() if hash_output else None  # the tar's digest (a diff_id)
         self.compressed_size = 0
         self.uncompressed_size = 0
         self.ended = False
@@ -83,6 +84,8 @@ class CheckpointingGunzip(io.RawIOBase):
             self._step()
         n = min(len(mv), self._fill - self._rpos)
         mv[:n] = self._view[self._rpos:self._rpos + n]
+        if self._out_hash is not None:
+            self._out_hash.update(mv[:n])
         self._rpos += n
         return n
 
@@ -102,6 +105,11 @@ class CheckpointingGunzip(io.RawIOBase):
     @property
     def digest(self) -> str:
         return "sha256:" + self._hash.hexdigest()
+
+    @property
+    def content_digest(self) -> str | None:
+        """sha256 of the uncompressed stream served so far (``hash_output`` only)."""
+        return None if self._out_hash is None else "sha256:" + self._out_hash.hexdigest()
 
     # -- inflate -------------------------------------------------------------------------------
     def _refill_input(self) -> None:
