@@ -19,7 +19,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "the virtual block device to a sparse raw file. Unmapped ranges stay holes.",
     )
     p.add_argument("output", metavar="OUT.raw", help="raw image to write (replaced atomically)")
-    p.add_argument("blobs", metavar="BLOB", nargs="+", help="layer files, bottom layer first")
+    p.add_argument("blobs", metavar="BLOB", nargs="+",
+                   help="layer files, bottom layer first; a TurboOCIv1 layer is turbo:META_BLOB,SOURCE_BLOB "
+                   "(the turboOCIv1.tar.gz and the original layer blob it reads file data from)")
     p.add_argument(
         "--ignore-uuid-chain", "--force", dest="ignore_uuid_chain", action="store_true",
         help="stack layers even if a parent_uuid is not the uuid of the layer below (wrong order, "
@@ -30,13 +32,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from overlaybd_provider.formats.blob import open_layer
     from overlaybd_provider.formats.errors import StackError
     from overlaybd_provider.formats.export import export_raw
     from overlaybd_provider.formats.stack import LayerStack
+    from overlaybd_provider.formats.turbo import open_layer_spec
 
     with contextlib.ExitStack() as stack:
-        layers = [stack.enter_context(open_layer(path)) for path in args.blobs]
+        layers = [stack.enter_context(open_layer_spec(path)) for path in args.blobs]
         try:
             merged = LayerStack([layer.lsmt for layer in layers], check_chain=not args.ignore_uuid_chain)
         except StackError as exc:

@@ -22,7 +22,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Print the nesting, tar payload, ZFile header/trailer and LSMT fields of a layer "
         "blob. An argument that is not a file is treated as an image reference.",
     )
-    p.add_argument("blob", metavar="BLOB", help="layer file (tar, ZFile or LSMT) or image reference")
+    p.add_argument("blob", metavar="BLOB",
+                   help="layer file (tar, ZFile or LSMT), a TurboOCIv1 meta blob, turbo:META_BLOB,SOURCE_BLOB "
+                   "or an image reference")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     try:
         registry_args = importlib.import_module("overlaybd_provider.cli.registry_args")
@@ -62,6 +64,11 @@ def describe(path: str) -> dict[str, Any]:
         return info
 
 
+def _is_gzip(path: str) -> bool:
+    with open(path, "rb") as f:
+        return f.read(2) == b"\x1f\x8b"
+
+
 def _print_text(info: dict[str, Any], indent: str = "") -> None:
     for key, value in info.items():
         if isinstance(value, dict):
@@ -74,7 +81,18 @@ def _print_text(info: dict[str, Any], indent: str = "") -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if not os.path.isfile(args.blob):
+    from overlaybd_provider.formats.turbo import is_turbo_spec
+
+    if is_turbo_spec(args.blob):
+        from overlaybd_provider.formats.turbo import open_layer_spec
+
+        with open_layer_spec(args.blob) as layer:
+            info = layer.describe()
+    elif os.path.isfile(args.blob) and _is_gzip(args.blob):
+        from overlaybd_provider.formats.turbo import describe_meta_blob
+
+        info = describe_meta_blob(args.blob)
+    elif not os.path.isfile(args.blob):
         try:
             oci_inspect = importlib.import_module("overlaybd_provider.oci.inspect")
         except ModuleNotFoundError as exc:
@@ -82,7 +100,8 @@ def run(args: argparse.Namespace) -> int:
                 raise
             raise OverlaybdError(f"{args.blob}: no such file") from None
         return int(oci_inspect.inspect_reference(args) or 0)
-    info = describe(args.blob)
+    else:
+        info = describe(args.blob)
     if args.json:
         print(json.dumps(info, indent=2))
     else:

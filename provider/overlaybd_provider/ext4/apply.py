@@ -181,12 +181,12 @@ def apply_layer(lowers: Sequence[str | os.PathLike[str]], tar_path_or_fileobj: s
                 diff_id: str | None = None, source_digest: str | None = None) -> ApplyResult:
     """Apply one layer tar over the lower blobs (bottom first) and write ``out_path``
     (``diff_id``/``source_digest``: see :func:`apply_to_stack`)."""
-    from overlaybd_provider.formats.blob import open_layer
     from overlaybd_provider.formats.stack import LayerStack
+    from overlaybd_provider.formats.turbo import open_layer_spec
 
     started = time.monotonic()
     out_path = Path(out_path)
-    layers = [open_layer(p) for p in lowers]
+    layers = [open_layer_spec(p, spool_dir=str(out_path.parent)) for p in lowers]  # native or turbo:META,SOURCE
     tmp_name = None
     try:
         stack = LayerStack([lf.lsmt for lf in layers], check_chain=False) if layers else None

@@ -16,6 +16,7 @@ from array import array
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, BinaryIO, Protocol
 
+from overlaybd_provider.ext4.errors import Ext4Error
 from overlaybd_provider.ext4.layout import BLOCK_SIZE
 
 if TYPE_CHECKING:
@@ -81,8 +82,10 @@ class OverlayBlockDevice:
     """
 
     def __init__(self, lower: LowerStack | None, *, block_count: int | None = None,
-                 spool_dir: str | None = None, compressor: BatchCompressor | None = None) -> None:
+                 spool_dir: str | None = None, compressor: BatchCompressor | None = None,
+                 turbo: bool = False) -> None:
         self.lower = lower
+        self.turbo = turbo  # TurboOCI build: regular file data is mapped to the source (map_target)
         if block_count is None:
             block_count = (lower.virtual_size // BLOCK_SIZE) if lower is not None else 0
         self.block_count = block_count
@@ -101,6 +104,12 @@ class OverlayBlockDevice:
         self._max_end = 0  # one past the highest block held by the upper store
         # compressed runs (``compressor`` set): run slots index stored blocks in the z-spool
         self.compressor = compressor
+        # TurboOCI: runs whose data stays in the source layer ("target"), as parallel lists of
+        # first block, block count, target byte offset (512-aligned) and mapped sectors
+        self._tgt_start: list[int] = []
+        self._tgt_len: list[int] = []
+        self._tgt_off: list[int] = []
+        self._tgt_sect: list[int] = []
         self._zs: CompressedSpool | None = None
         self._shadowed = 0  # singles written over blocks of compressed runs
         if compressor is not None:
@@ -189,10 +198,18 @@ class OverlayBlockDevice:
             return slot
         return self._run_zslot(n)
 
+    def _target_run(self, n: int) -> int:
+        """Index of the target run holding block ``n``, or -1."""
+        i = bisect.bisect_right(self._tgt_start, n) - 1
+        return i if i >= 0 and n < self._tgt_start[i] + self._tgt_len[i] else -1
+
     def read_block(self, n: int) -> bytes:
         slot = self._upper_slot(n)
         if slot is not None:
             return os.pread(self._fd, BLOCK_SIZE, slot * BLOCK_SIZE)
+        if self._tgt_start and self._target_run(n) >= 0:
+            raise Ext4Error(f"block {n} holds file data of the TurboOCI source layer, which the "
+                            "writer does not read back")
         if self.compressor is not None:
             zslot = self._run_zslot(n)
             if zslot is not None:
@@ -203,7 +220,8 @@ class OverlayBlockDevice:
         return self.lower.read(n * BLOCK_SIZE, BLOCK_SIZE)
 
     def in_upper(self, n: int) -> bool:
-        return self._upper_slot(n) is not None or (self.compressor is not None and self._run_zslot(n) is not None)
+        return (self._upper_slot(n) is not None or (self.compressor is not None and self._run_zslot(n) is not None)
+                or (bool(self._tgt_start) and self._target_run(n) >= 0))
 
     # -- writes ----------------------------------------------------------------------------
     def _check_range(self, n: int, count: int) -> None:
@@ -278,9 +296,45 @@ class OverlayBlockDevice:
         self._run_len.insert(i, count)
         self._run_slot.insert(i, slot)
 
+    def map_target(self, n: int, count: int, target_offset: int, nbytes: int) -> None:
+        """TurboOCI: blocks ``n .. n+count-1`` hold ``nbytes`` that stay in the source layer at
+        byte ``target_offset`` of its uncompressed tar. Like ``UnTar::extract_regfile_meta_only``
+        the mapping covers the data rounded up to 512 bytes; the rest of the last block is left
+        unmapped (beyond the file's size, never read)."""
+        sectors = -(-nbytes // 512)
+        if target_offset % 512 or not 0 < sectors <= count * SECTORS_PER_BLOCK \
+                or sectors <= (count - 1) * SECTORS_PER_BLOCK:
+            raise ValueError(f"bad target mapping: {count} blocks for {nbytes} bytes at {target_offset}")
+        self._check_range(n, count)
+        if self.compressor is not None:
+            raise ValueError("a TurboOCI device spools raw metadata blocks (no compressor)")
+        if self._overlaps_upper(n, count):
+            # blocks are freed only at flush, so fresh file data never lands on upper blocks
+            raise Ext4Error(f"internal: target mapping of blocks {n}+{count} overlaps blocks already written")
+        i = bisect.bisect_left(self._tgt_start, n)
+        if (i > 0 and self._tgt_start[i - 1] + self._tgt_len[i - 1] == n
+                and self._tgt_sect[i - 1] == self._tgt_len[i - 1] * SECTORS_PER_BLOCK
+                and self._tgt_off[i - 1] + self._tgt_sect[i - 1] * 512 == target_offset):
+            self._tgt_len[i - 1] += count  # the next extent of the same file data
+            self._tgt_sect[i - 1] += sectors
+        else:
+            self._tgt_start.insert(i, n)
+            self._tgt_len.insert(i, count)
+            self._tgt_off.insert(i, target_offset)
+            self._tgt_sect.insert(i, sectors)
+        self._max_end = max(self._max_end, n + count)
+
+    @property
+    def target_blocks(self) -> int:
+        return sum(self._tgt_len)
+
     def _overlaps_upper(self, n: int, count: int) -> bool:
         if n >= self._max_end:
             return False
+        if self._tgt_start:
+            i = bisect.bisect_right(self._tgt_start, n + count - 1) - 1
+            if i >= 0 and self._tgt_start[i] + self._tgt_len[i] > n:
+                return True
         i = bisect.bisect_right(self._run_start, n + count - 1) - 1
         if i >= 0 and self._run_start[i] + self._run_len[i] > n:
             return True
@@ -319,6 +373,35 @@ class OverlayBlockDevice:
         while i < ns:
             yield singles[i][0], 1, False, singles[i][1]
             i += 1
+
+    def turbo_pieces(self) -> Iterator[tuple[int, int, int, int]]:
+        """TurboOCI seal order: ``(block, count, slot, -1)`` for blocks stored in the meta layer
+        and ``(block, count, target_offset, sectors)`` for file data in the target, ascending.
+        A block written after its target mapping (never expected) wins over it."""
+        stored = self._pieces()
+        pend = next(stored, None)
+        covered = 0  # end of the last stored piece emitted
+        for ts, tl, toff, tsect in zip(self._tgt_start, self._tgt_len, self._tgt_off, self._tgt_sect, strict=True):
+            end = ts + tl
+            cur = max(ts, covered)
+
+            def part(a: int, b: int, ts: int = ts, toff: int = toff, tsect: int = tsect) -> tuple[int, int, int, int]:
+                rel = a - ts
+                return a, b - a, toff + rel * BLOCK_SIZE, min((b - a) * SECTORS_PER_BLOCK, tsect - rel * SECTORS_PER_BLOCK)
+
+            while pend is not None and pend[0] < end:
+                blk, cnt, slot = pend
+                if blk > cur:
+                    yield part(cur, blk)
+                yield blk, cnt, slot, -1
+                covered = max(covered, blk + cnt)
+                cur = max(cur, covered)
+                pend = next(stored, None)
+            if cur < end:
+                yield part(cur, end)
+        while pend is not None:
+            yield pend[0], pend[1], pend[2], -1
+            pend = next(stored, None)
 
     def _pieces(self) -> Iterator[tuple[int, int, int]]:
         """(block, count, raw slot) pieces (uncompressed stores only)."""

@@ -264,6 +264,18 @@ class Filesystem:
         inode.size = size
         self.set_extents(inode, split_runs(runs))
 
+    def map_target_data(self, inode: Inode, target_offset: int, size: int) -> None:
+        """TurboOCI: give the file ``size`` bytes of fresh contiguous blocks that map to the
+        source layer at ``target_offset`` (its data offset in the uncompressed tar) instead
+        of storing them; the tar reader skips the data."""
+        runs = self.alloc.alloc_blocks(-(-size // L.BLOCK_SIZE))
+        pos = 0
+        for start, count in runs:
+            self.dev.map_target(start, count, target_offset + pos, min(count * L.BLOCK_SIZE, size - pos))
+            pos += count * L.BLOCK_SIZE
+        inode.size = size
+        self.set_extents(inode, split_runs(runs))
+
     def write_small_block(self, inode: Inode, data: bytes) -> None:
         """One-block content (slow symlink)."""
         blk = self.alloc.alloc_block()

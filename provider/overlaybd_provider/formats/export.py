@@ -39,7 +39,7 @@ def export_raw(stack: LayerStack, out: BinaryIO) -> ExportStats:
         if ext.zeroed:
             continue
         mapped += ext.length
-        source = stack.layers[ext.layer].source
+        source = stack.layers[ext.layer].source_for(ext.tag)
         for k in range(0, ext.length, _CHUNK):
             n = min(_CHUNK, ext.length - k)
             data = source.read(ext.source_offset + k, n)

@@ -34,6 +34,9 @@ MAX_ENTRY_LENGTH = (1 << 14) - 1  # 16383 sectors
 MAX_MOFFSET = (1 << 55) - 1
 MAX_INDEX_ENTRIES = 1_000_000
 INDEX_ALIGN_ENTRIES = 256  # index padded to a multiple of 4096 bytes
+# TurboOCI warp files (``SegmentType`` in overlaybd lsmt/index.h): where an entry's data lives
+TAG_META = 0  # fsMeta: in this file's data area
+TAG_TARGET = 1  # remoteData: in the target (the uncompressed source layer), moffset in its sectors
 ZERO_UUID = "00000000-0000-0000-0000-000000000000"
 
 
@@ -65,12 +68,16 @@ class IndexEntry(NamedTuple):
 PADDING_ENTRY = IndexEntry(INVALID_OFFSET, 0, 0).to_bytes()
 
 
-def iter_entries(buf: bytes):
-    """Yield ``(offset, length, moffset, zeroed)`` of every valid entry (padding skipped, tags reset)."""
+def iter_entries(buf: bytes, *, tags: bool = False):
+    """Yield ``(offset, length, moffset, zeroed)`` of every valid entry (padding skipped, tags
+    reset), or with ``tags`` ``(offset, length, moffset, zeroed, tag)``."""
     for w0, w1 in _ENTRY.iter_unpack(buf):
         off = w0 & INVALID_OFFSET
         if off != INVALID_OFFSET:
-            yield off, w0 >> 50, w1 & MAX_MOFFSET, (w1 >> 55) & 1
+            if tags:
+                yield off, w0 >> 50, w1 & MAX_MOFFSET, (w1 >> 55) & 1, w1 >> 56
+            else:
+                yield off, w0 >> 50, w1 & MAX_MOFFSET, (w1 >> 55) & 1
 
 
 def normalize_uuid(value: str | bytes | _uuid.UUID | None) -> str:

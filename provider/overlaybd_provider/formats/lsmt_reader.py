@@ -34,7 +34,8 @@ class LSMTReader:
     ``read(offset, length)`` (e.g. a :class:`~overlaybd_provider.formats.zfile.ZFileReader`).
     """
 
-    def __init__(self, source: BinaryIO | ByteSource, name: str | None = None):
+    def __init__(self, source: BinaryIO | ByteSource, name: str | None = None, *, warp: bool = False):
+        self.warp = warp  # keep entry tags (a TurboOCI warp file: tag 1 = data in the target)
         src = as_source(source, name=name)
         self.source = src
         self.name = name or src.name
@@ -66,17 +67,26 @@ class LSMTReader:
 
     def _load_index(self, buf: bytes, index_offset: int) -> None:
         offsets, ends, moffsets = array("Q"), array("Q"), array("Q")
-        zeroed = bytearray()
+        zeroed, tags = bytearray(), bytearray()
+        warp = self.warp
+        min_tag = 0
+        if warp:  # open_warpfile_ro rebases tags on the smallest one (do_load_index, warp_file_tag 3)
+            min_tag = min((t for *_, t in iter_entries(buf, tags=True)), default=0)
         data_end = index_offset // SECTOR
         prev_end = 0
         mapped = 0
-        for i, (off, length, moff, z) in enumerate(iter_entries(buf)):
+        for i, (off, length, moff, z, tag) in enumerate(iter_entries(buf, tags=True)):
             where = f"{self.name}: LSMT index entry {i} (offset {off}, length {length}, moffset {moff}) at byte {index_offset + i * ENTRY_SIZE}"
             if length == 0:
                 raise BadIndexError(f"{where}: zero length")
             if off < prev_end:
                 raise BadIndexError(f"{where}: overlaps or is out of order (previous entry ends at sector {prev_end})")
-            if moff < 8 or (moff > data_end if z else moff + length > data_end):
+            tag = tag - min_tag if warp else 0
+            if tag > 1:
+                raise BadIndexError(f"{where}: warp-file tag {tag + min_tag} (only meta and target exist)")
+            tags.append(tag)
+            # target entries (tag 1) are checked against the target by formats.warp
+            if not tag and (moff < 8 or (moff > data_end if z else moff + length > data_end)):
                 raise BadIndexError(f"{where}: moffset out of the data area [8, {data_end})")
             prev_end = off + length
             offsets.append(off)
@@ -87,6 +97,7 @@ class LSMTReader:
                 mapped += length
         # the validated index as parallel arrays, in sectors (read-only for users)
         self.offsets, self.ends, self.moffsets, self.zeroed_flags = offsets, ends, moffsets, zeroed
+        self.tags = tags
         self.mapped_sectors = mapped
         log.debug("%s: %d index entries, %d mapped sectors", self.name, len(offsets), mapped)
 
@@ -118,6 +129,10 @@ class LSMTReader:
         if i < 0 or self.ends[i] <= sector:
             i += 1
         return i
+
+    def source_for(self, tag: int) -> ByteSource:
+        """Where entries with ``tag`` keep their data (plain layers: always this file)."""
+        return self.source
 
     def read_entry_data(self, i: int, sector: int, nsectors: int) -> bytes:
         """``nsectors`` sectors of entry ``i`` starting at LBA ``sector`` (data entries only)."""

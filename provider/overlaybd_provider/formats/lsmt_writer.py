@@ -28,6 +28,7 @@ from overlaybd_provider.formats.lsmt_index import (
     MAX_ENTRY_LENGTH,
     PADDING_ENTRY,
     SECTOR,
+    TAG_TARGET,
     IndexEntry,
     LSMTHeader,
 )
@@ -81,7 +82,7 @@ class LSMTWriter:
         self._max_sector = virtual_size // SECTOR if virtual_size else INVALID_OFFSET
 
     # -- emission ---------------------------------------------------------------
-    def _push(self, offset: int, length: int, moffset: int, zeroed: int) -> None:
+    def _push(self, offset: int, length: int, moffset: int, zeroed: int, tag: int = 0) -> None:
         c = self._cur
         if c is not None:
             mend = c[2] if c[3] else c[2] + c[1]
@@ -89,13 +90,14 @@ class LSMTWriter:
                 c[0] + c[1] == offset
                 and mend == moffset
                 and c[3] == zeroed
+                and c[4] == tag
                 and c[1] + length < MAX_ENTRY_LENGTH
             ):
                 c[1] += length
                 return
-            self._index += IndexEntry(c[0], c[1], c[2], c[3]).to_bytes()
+            self._index += IndexEntry(c[0], c[1], c[2], c[3], c[4]).to_bytes()
             self._count += 1
-        self._cur = [offset, length, moffset, zeroed]
+        self._cur = [offset, length, moffset, zeroed, tag]
 
     def _flush_chunk(self) -> None:
         """Emit the pending unit of the current run: a data chunk or a zero piece."""
@@ -165,6 +167,22 @@ class LSMTWriter:
             if cur == boundary:
                 self._flush_chunk()
 
+    def add_target(self, lba: int, nsectors: int, target_sector: int) -> None:
+        """Map ``nsectors`` at ``lba`` to sector ``target_sector`` of the layer's *target*
+        (a TurboOCI warp file: tag 1 = read from the source layer, ``LSMTWarpFile::vioctl``);
+        nothing is written to the data area. Pieces of at most 16383 sectors, like upstream."""
+        if nsectors <= 0:
+            return
+        self._start(lba, nsectors, 2)
+        self._flush_chunk()
+        done = 0
+        while done < nsectors:
+            n = min(MAX_ENTRY_LENGTH, nsectors - done)
+            self._push(lba + done, n, target_sector + done, 0, TAG_TARGET)
+            done += n
+        self._lba = lba + nsectors
+        self._run_start = -1  # data after this starts a new run
+
     def add_zero(self, lba: int, nsectors: int) -> None:
         """Record ``nsectors`` sectors at ``lba`` that read as zeros (masking lower layers)."""
         if nsectors <= 0:
@@ -188,7 +206,7 @@ class LSMTWriter:
         self._flush_chunk()
         if self._cur is not None:
             c = self._cur
-            self._index += IndexEntry(c[0], c[1], c[2], c[3]).to_bytes()
+            self._index += IndexEntry(c[0], c[1], c[2], c[3], c[4]).to_bytes()
             self._count += 1
             self._cur = None
         self._closed = True

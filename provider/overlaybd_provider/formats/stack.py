@@ -18,7 +18,8 @@ MAX_LAYERS = 255
 class MappedExtent(NamedTuple):
     """A run of the merged device served by one layer. All values in **bytes**.
 
-    ``source_offset`` is where the data starts inside that layer's LSMT (0 when ``zeroed``).
+    ``source_offset`` is where the data starts inside that layer's LSMT (0 when ``zeroed``),
+    or, for ``tag`` 1 of a TurboOCI warp layer, inside its target (``layer.source_for(tag)``).
     """
 
     offset: int
@@ -26,6 +27,7 @@ class MappedExtent(NamedTuple):
     layer: int
     zeroed: bool
     source_offset: int
+    tag: int = 0
 
 
 class LayerStack:
@@ -98,23 +100,25 @@ class LayerStack:
 
     def mapped_extents(self) -> Iterator[MappedExtent]:
         """Merged view in LBA order: contiguous runs of the same layer are joined."""
-        cur: list[int] | None = None  # offset, end, layer, zeroed, source_offset (sectors)
+        cur: list[int] | None = None  # offset, end, layer, zeroed, source_offset (sectors), tag
         for s, e, li, j in self._segments(0, 1 << 50):
             r = self.layers[li]
             z = r.zeroed_flags[j]
+            tag = r.tags[j]
             src = 0 if z else r.moffsets[j] + (s - r.offsets[j])
             if (
                 cur is not None
                 and cur[1] == s
                 and cur[2] == li
                 and cur[3] == z
+                and cur[5] == tag
                 and (z or cur[4] + (cur[1] - cur[0]) == src)
             ):
                 cur[1] = e
                 continue
             if cur is not None:
                 yield _extent(cur)
-            cur = [s, e, li, z, src]
+            cur = [s, e, li, z, src, tag]
         if cur is not None:
             yield _extent(cur)
 
@@ -143,4 +147,4 @@ def _check_chain(layers: Sequence[LSMTReader]) -> None:
 
 
 def _extent(c: list[int]) -> MappedExtent:
-    return MappedExtent(c[0] * SECTOR, (c[1] - c[0]) * SECTOR, c[2], bool(c[3]), c[4] * SECTOR)
+    return MappedExtent(c[0] * SECTOR, (c[1] - c[0]) * SECTOR, c[2], bool(c[3]), c[4] * SECTOR, c[5])

@@ -1,0 +1,110 @@
+"""TurboOCIv1 meta layers (issue #14): ours beside upstream's for the same gzip layers.
+
+    .venv/bin/python bench/turbo.py [--quick] [--runs N]
+
+Takes the gzip layers of the corpus's OCI layout (tag ``debian``: the 3-layer Debian image, as a
+registry serves it), builds the TurboOCIv1 meta layer of each with ``overlaybd apply-layer
+--turbo-oci`` (each on the meta layers below it) and, when the oracle is present
+(``$OVERLAYBD_SHARED/oracle/bin/oracle-turbo.sh``), with upstream's tools, then prints per layer
+the meta blob sizes (ours / upstream, target <= 1.05x in total), wall times and our peak RSS.
+Both builds run here, back to back (2 shared cores: rerun close calls).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import corpus
+from measure import CommandFailed, overlaybd_cli, run_once
+
+log = logging.getLogger(__name__)
+SIZE_TARGET = 1.05
+
+
+def gzip_layers(layout: Path, tag: str = "debian") -> list[Path]:
+    index = json.loads((layout / "index.json").read_text())
+    desc = next(m for m in index["manifests"] if m.get("annotations", {}).get("org.opencontainers.image.ref.name") == tag)
+    manifest = json.loads((layout / "blobs/sha256" / desc["digest"].split(":", 1)[1]).read_text())
+    return [layout / "blobs/sha256" / layer["digest"].split(":", 1)[1] for layer in manifest["layers"]]
+
+
+def ours(sources: list[Path], out: Path, runs: int) -> tuple[list[int], list[float], float]:
+    sizes: list[int] = []
+    times: list[list[float]] = [[] for _ in sources]
+    rss = 0.0
+    for _ in range(runs):
+        metas: list[Path] = []
+        sizes = []
+        for i, src in enumerate(sources):
+            meta = out / f"ours-{i + 1}.turbo.tar.gz"
+            cmd = [*overlaybd_cli(), "apply-layer", "--turbo-oci"]
+            for m, s in zip(metas, sources, strict=False):
+                cmd += ["--lower", f"turbo:{m},{s}"]
+            run = run_once([*cmd, str(src), str(meta)])
+            times[i].append(run.seconds)
+            rss = max(rss, run.max_rss_mb)
+            metas.append(meta)
+            sizes.append(meta.stat().st_size)
+    return sizes, [statistics.median(t) for t in times], rss
+
+
+def upstream(sources: list[Path], out: Path) -> tuple[list[int], float] | None:
+    shared = Path(os.environ.get("OVERLAYBD_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+    script = shared / "oracle/bin/oracle-turbo.sh"
+    if not script.is_file():
+        print(f"bench: no oracle at {script}: upstream column left empty", file=sys.stderr)
+        return None
+    t0 = time.perf_counter()
+    proc = subprocess.run(["bash", str(script), *map(str, sources), str(out / "upstream")], capture_output=True,
+                          text=True, check=False)
+    seconds = time.perf_counter() - t0
+    if proc.returncode != 0:
+        print(f"bench: oracle-turbo.sh failed:\n{proc.stderr[-2000:]}", file=sys.stderr)
+        return None
+    return [(out / "upstream" / f"layer-{i + 1}.turbo.tar.gz").stat().st_size for i in range(len(sources))], seconds
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    corpus.add_cache_args(parser)
+    parser.add_argument("--runs", type=int, default=3, help="runs of our build (median time)")
+    parser.add_argument("--workdir", type=Path, default=None)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    data = corpus.build_corpus(args.cache_dir, quick=args.quick)
+    sources = gzip_layers(data.layout)
+    with tempfile.TemporaryDirectory(prefix="bench-turbo-", dir=args.workdir) as tmp:
+        out = Path(tmp)
+        try:
+            mine, mine_s, rss = ours(sources, out, 1 if args.quick else args.runs)
+        except CommandFailed as exc:
+            print(f"bench: our build failed: {exc}", file=sys.stderr)
+            return 1
+        theirs = upstream(sources, out)
+    print(f"{'layer':<6} {'source B':>12} {'ours B':>10} {'upstream B':>11} {'ratio':>6} {'ours s':>7}")
+    for i, src in enumerate(sources):
+        up = theirs[0][i] if theirs else None
+        ratio = f"{mine[i] / up:.3f}" if up else "-"
+        print(f"{i + 1:<6} {src.stat().st_size:>12} {mine[i]:>10} {up or '-':>11} {ratio:>6} {mine_s[i]:>7.2f}")
+    line = f"total  {sum(s.stat().st_size for s in sources):>12} {sum(mine):>10}"
+    ok = True
+    if theirs:
+        total = sum(mine) / sum(theirs[0])
+        ok = total <= SIZE_TARGET
+        line += f" {sum(theirs[0]):>11} {total:>6.3f} {sum(mine_s):>7.2f}   (upstream build {theirs[1]:.2f} s)"
+    print(line)
+    print(f"our peak RSS {rss:.0f} MB; size target <= {SIZE_TARGET}x upstream: {'met' if ok else 'MISSED'}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
