@@ -47,6 +47,9 @@ def _environment() -> Environment:
 def create_app(hook_factory: Callable[[], Any] = _default_hook) -> FastAPI:
     """Build the app; ``hook_factory`` returns an ``OverlaybdDedupHook`` (tests pass their own)."""
     app = FastAPI(title="overlaybd conversions", docs_url=None, redoc_url=None, openapi_url=None)
+    from overlaybd_plugin.webhooks import create_router  # POST /webhook: convert on push
+
+    app.include_router(create_router())
     env = _environment()
 
     def page_data(user: Any, image: str | None, limit: int) -> PageData:

@@ -13,6 +13,7 @@ from typing import Any
 
 from airflow.sdk.exceptions import AirflowException
 
+from overlaybd_provider.operators.assets import emit_converted, with_converted_outlet
 from overlaybd_provider.operators.base import describe_options
 from overlaybd_provider.operators.links import OverlaybdImageLink, image_link
 from overlaybd_provider.operators.progress import ProgressLog
@@ -28,6 +29,7 @@ class OverlaybdConvertOperator(OverlaybdPullOperator):
     operator_extra_links = (OverlaybdImageLink(),)
 
     def __init__(self, *, keep_staging: bool = False, **kwargs: Any) -> None:
+        kwargs["outlets"] = with_converted_outlet(kwargs.get("outlets"))
         super().__init__(**kwargs)
         self.keep_staging = keep_staging
         self.image_url: str | None = None
@@ -112,6 +114,7 @@ class OverlaybdConvertOperator(OverlaybdPullOperator):
                 mark("push")
                 recorded = stages.record(workdir, dedup=store) if store is not None else {}
                 summary = summarize(stages.report(workdir), plan_layers(workdir))
+                emit_converted(context, stages.report(workdir), self.outlets)
             if hook is not None:
                 row = self.log_conversion(hook, conn, context, summary, time.monotonic() - started)
                 summary["seconds_saved"] = row.seconds_saved

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from overlaybd_provider.operators.assets import emit_converted, with_converted_outlet
 from overlaybd_provider.operators.base import (
     OPTION_FIELDS,
     OverlaybdBaseOperator,
@@ -239,6 +240,7 @@ class OverlaybdPushOperator(_StagingStage):
     operator_extra_links = (OverlaybdImageLink(),)
 
     def __init__(self, *, staging: Any, dst_registry_conn_id: str | None = None, **kwargs: Any) -> None:
+        kwargs["outlets"] = with_converted_outlet(kwargs.get("outlets"))
         super().__init__(staging=staging, **kwargs)
         self.dst_registry_conn_id = dst_registry_conn_id
         self.image_url: str | None = None
@@ -251,6 +253,7 @@ class OverlaybdPushOperator(_StagingStage):
         registry = self.registry_options(self.dst_registry_conn_id)
         with area.stage() as workdir, self.engine_errors("push"):
             result = engine_stages().push(workdir, dst_registry=registry, progress=progress)
+            emit_converted(context, engine_stages().report(workdir), self.outlets)
         self.log.info(
             "push done: %s@%s — %d blob(s) pushed (%s), %d already there",
             result.get("target"),
