@@ -93,20 +93,33 @@ class LiveAirflow:
         db = sqlite3.connect(self.home / "airflow.db")
         db.execute("PRAGMA journal_mode=WAL")
         db.close()
+        for name in self.components:
+            self.start_component(name)
+        self.wait_healthy()
+        return self
+
+    def start_component(self, name: str) -> None:
         commands = {
             "api-server": ["api-server", "--port", str(self.port), "--host", "127.0.0.1"],
             "scheduler": ["scheduler"],
             "dag-processor": ["dag-processor"],
             "triggerer": ["triggerer"],
         }
-        for name in self.components:
-            args = commands[name]
-            log = open(self.home / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
-            self.procs[name] = subprocess.Popen(
-                [AIRFLOW, *args], env=self.env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        self.wait_healthy()
-        return self
+        log = open(self.home / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
+        self.procs[name] = subprocess.Popen(
+            [AIRFLOW, *commands[name]], env=self.env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+    def stop_component(self, name: str, timeout: float = 30) -> None:
+        """Stop one component (its process group: SIGTERM, then SIGKILL), e.g. to test a restart."""
+        proc = self.procs.pop(name)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
 
     def stop(self) -> None:
         for proc in self.procs.values():

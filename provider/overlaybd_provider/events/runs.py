@@ -49,7 +49,8 @@ def create_run(dag_id: str, run_id: str, conf: dict[str, Any], note: str | None 
     except DagNotFound as exc:
         raise RunRejected(f"DAG {dag_id!r} not found (not parsed yet?): {exc}") from None
     except ValueError as exc:  # ParamValidationError is one
-        raise RunRejected(f"DAG {dag_id!r} rejected the conf: {exc}") from None
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RunRejected(f"DAG {dag_id!r} rejected the conf: {first}") from None
     return CREATED
 
 
