@@ -1,7 +1,9 @@
 """Convert new tags of registries that send no notifications: tag watchers in the triggerer.
 
-The watch list is the Airflow Variable ``overlaybd_watch`` (YAML or JSON), else
-``dags/overlaybd_watch.yaml``; it is read when this file is parsed (watchers are part of the DAG)::
+The watch list is read when this file is parsed (watchers are part of the DAG), so it travels
+with the DAGs rather than living in a Variable (no metadata-DB read on every parse): the
+environment variable ``OVERLAYBD_WATCH`` (YAML or JSON text), else the file ``OVERLAYBD_WATCH_FILE``,
+else ``dags/overlaybd_watch.yaml``::
 
     watches:
       - repository: registry.example.com/team/app
@@ -18,6 +20,7 @@ deterministic run id a webhook would use (so nothing is converted twice).
 
 from __future__ import annotations
 
+import os
 import re
 from datetime import datetime
 from pathlib import Path
@@ -33,9 +36,10 @@ WATCH_FILE = Path(__file__).with_name("overlaybd_watch.yaml")
 
 
 def _watch_list() -> list[dict[str, Any]]:
-    text = Variable.get("overlaybd_watch", default=None)
-    if text is None and WATCH_FILE.exists():
-        text = WATCH_FILE.read_text()
+    text = os.environ.get("OVERLAYBD_WATCH")
+    path = Path(os.environ.get("OVERLAYBD_WATCH_FILE") or WATCH_FILE)
+    if text is None and path.exists():
+        text = path.read_text()
     return parse_watches(text)
 
 

@@ -93,7 +93,7 @@ def env(registry, tmp_path_factory) -> Iterator[dict[str, Any]]:
         "AIRFLOW_CONN_REG_PLAIN": conn(registry),
         "AIRFLOW_CONN_OVERLAYBD_DEDUP": json.dumps({"conn_type": "sqlite", "host": str(home / "dedup.db")}),
         "AIRFLOW_VAR_OVERLAYBD_PUSH_RULES": json.dumps(rules),
-        "AIRFLOW_VAR_OVERLAYBD_WATCH": json.dumps(watches),
+        "OVERLAYBD_WATCH": json.dumps(watches),
         "AIRFLOW__OVERLAYBD__STAGING_BASE": str(home / "staging"),
         "AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC": "1",
     }
@@ -182,6 +182,17 @@ def test_the_converted_images_own_push_triggers_nothing(env):
     assert all(d["outcome"] == "ignored" for d in mine)
     assert mine[0]["reason"] in ("pushed by the overlaybd converter (its user agent)",
                                  "matches the destination of rule 'live' (converter output)")
+    # the same notification sent by hand: answered at once, queues nothing
+    event = {"action": "push", "target": {"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                                          "digest": converted["summary"]["target_digest"], "repository": "live/app",
+                                          "tag": "v1-obd", "url": f"http://{notified.host}/v2/live/app/manifests/x"},
+             "request": {"host": notified.host, "useragent": "skopeo/1.9.3"}}
+    started = time.monotonic()
+    r = requests.post(f"{airflow.url}/overlaybd/webhook", json={"events": [event]},
+                      headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
+    TIMINGS["webhook_answer"] = round(time.monotonic() - started, 3)
+    assert r.status_code == 202 and r.json()["queued"] == []
+    assert r.json()["ignored"][0]["reason"] == "matches the destination of rule 'live' (converter output)"
     time.sleep(2)  # past the burst window: nothing may have been queued for it
     dests = [r["conf"].get("destination") for r in convert_runs(airflow).values()]
     assert not [d for d in dests if d and "v1-obd-obd" in d]
