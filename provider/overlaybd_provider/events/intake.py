@@ -52,19 +52,39 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
+_OPTIONS_TTL = 60.0
+_options_cache: dict[str | None, tuple[float, Any]] = {}
+_options_lock = threading.Lock()
+
+
+def _registry_options(conn_id: str | None) -> Any:
+    """Options of a source connection, kept a minute: a busy registry does not re-read the
+    connection (nor re-write inline PEM files) for every push."""
+    from overlaybd_provider.oci.options import RegistryOptions
+
+    now = time.monotonic()
+    with _options_lock:
+        hit = _options_cache.get(conn_id)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+    if conn_id:
+        from overlaybd_provider.hooks.registry import OciRegistryHook
+
+        options = OciRegistryHook(oci_registry_conn_id=conn_id).registry_options
+    else:
+        options = RegistryOptions()
+    options = replace(options, max_retries=1, retry_budget=15.0, timeout=min(options.timeout, 10.0))
+    with _options_lock:
+        _options_cache[conn_id] = (now + _OPTIONS_TTL, options)
+    return options
+
+
 def check_manifest(planned: Planned) -> str | None:
     """Read the pushed manifest with the rule's source connection and judge it (see :mod:`.inspect`)."""
     from overlaybd_provider.events.inspect import inspect_pushed
     from overlaybd_provider.oci.client import RegistryClient
-    from overlaybd_provider.oci.options import RegistryOptions
 
-    if planned.src_registry_conn_id:
-        from overlaybd_provider.hooks.registry import OciRegistryHook
-
-        options = OciRegistryHook(oci_registry_conn_id=planned.src_registry_conn_id).registry_options
-    else:
-        options = RegistryOptions()
-    options = replace(options, max_retries=1, retry_budget=15.0, timeout=min(options.timeout, 10.0))
+    options = _registry_options(planned.src_registry_conn_id)
     client = RegistryClient(planned.event.registry, options)
     try:
         return inspect_pushed(client, planned.event.repository, planned.event.digest)
