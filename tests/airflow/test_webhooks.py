@@ -264,3 +264,16 @@ def test_the_plugin_app_serves_the_webhook(dags_in_db, webhook_env):
     client = TestClient(create_app(lambda: None))
     assert client.post("/webhook", content=b"{}").status_code == 401
     assert client.get("/webhook/recent").status_code == 401  # Airflow login required
+
+
+def test_conf_keys_the_dag_does_not_know_yet_are_passed_through(dags_in_db, webhook_env):
+    """``format`` / ``turbo_destination`` from a rule reach the run's conf (the DAG ignores keys it
+    has no param for, until it gets them)."""
+    from overlaybd_provider.events.runs import create_run, run_exists
+
+    conf = {"source": "r.example/a@sha256:" + "a" * 64, "destination": "r.example/a:v1-obd", "format": "both",
+            "turbo_destination": "r.example/a:v1-turbo"}
+    assert create_run("overlaybd_convert", "push__passthrough", conf) == "created"
+    assert run_exists("overlaybd_convert", "push__passthrough")
+    assert runs()["push__passthrough"]["conf"] == conf
+    assert create_run("overlaybd_convert", "push__passthrough", conf) == "exists"
