@@ -39,6 +39,9 @@ def create_app(hook_factory: Callable[[], Any] = _default_hook) -> FastAPI:
     """Build the app; ``hook_factory`` returns an ``OverlaybdDedupHook`` (tests pass their own)."""
     app = FastAPI(title="overlaybd conversions", docs_url=None, redoc_url=None, openapi_url=None)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    from overlaybd_plugin.webhooks import create_router  # POST /webhook: convert on push
+
+    app.include_router(create_router())
 
     def page_data(user: Any, image: str | None, status: str | None, limit: int) -> PageData:
         hook = hook_factory()

@@ -106,6 +106,13 @@ def get_provider_info() -> dict[str, Any]:
                 ],
             }
         ],
+        "sensors": [
+            {"integration-name": "overlaybd", "python-modules": ["overlaybd_provider.sensors.tag"]}
+        ],
+        "triggers": [
+            {"integration-name": "overlaybd", "python-modules": ["overlaybd_provider.triggers.tag_watch"]}
+        ],
+        "asset-uris": [{"schemes": ["oci"], "handler": "overlaybd_provider.asset_uri.normalize_uri"}],
         "connection-types": [_registry_connection()],
         "extra-links": ["overlaybd_provider.operators.links.OverlaybdImageLink"],
         "plugins": [{"name": "overlaybd", "plugin-class": "overlaybd_plugin.OverlaybdPlugin"}],
@@ -136,6 +143,29 @@ def get_provider_info() -> dict[str, Any]:
                         "type": "string",
                         "example": "overlaybd_dedup",
                         "default": "overlaybd_dedup",
+                    },
+                    "webhook_conn_id": {
+                        "description": "Connection whose password is the shared token registries send to "
+                        "POST /overlaybd/webhook (Authorization: Bearer <token>); at least 16 characters.",
+                        "version_added": "0.1.0",
+                        "type": "string",
+                        "example": "overlaybd_webhook",
+                        "default": "overlaybd_webhook",
+                    },
+                    "push_rules_variable": {
+                        "description": "Airflow Variable holding the push rules (YAML or JSON): repository "
+                        "globs to destination templates; see docs/convert-on-push.md.",
+                        "version_added": "0.1.0",
+                        "type": "string",
+                        "example": "overlaybd_push_rules",
+                        "default": "overlaybd_push_rules",
+                    },
+                    "push_rules_file": {
+                        "description": "A YAML file with the push rules, used when the Variable does not exist.",
+                        "version_added": "0.1.0",
+                        "type": "string",
+                        "example": "/opt/airflow/config/overlaybd_push_rules.yaml",
+                        "default": None,
                     },
                     "sqlite_path": {
                         "description": "Embedded SQLite dedup database (default AIRFLOW_HOME/overlaybd/dedup.db).",

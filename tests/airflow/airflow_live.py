@@ -1,4 +1,5 @@
-"""A real Airflow for end-to-end tests: api-server + scheduler + dag-processor, LocalExecutor.
+"""A real Airflow for end-to-end tests: api-server + scheduler + dag-processor (+ triggerer when
+asked: ``components=(*COMPONENTS, "triggerer")``), LocalExecutor.
 
 Everything lives in a temporary AIRFLOW_HOME (SQLite metadata DB, logs, passwords file); ports are
 free ones; the DAGs and plugins folders are the repository's. Processes run in their own process
@@ -24,6 +25,7 @@ import requests
 REPO = Path(__file__).resolve().parents[2]
 AIRFLOW = str(Path(sys.executable).parent / "airflow")
 ADMIN = ("admin", "e2e-admin-Pa55")
+COMPONENTS = ("api-server", "scheduler", "dag-processor")
 
 
 def free_port() -> int:
@@ -143,6 +145,7 @@ class LiveAirflow(AirflowRest):
     extra_env: dict[str, str] = field(default_factory=dict)
     port: int = field(default_factory=free_port)
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+    components: tuple[str, ...] = COMPONENTS
     _token: str | None = None
     url: str = ""
 
@@ -195,17 +198,33 @@ class LiveAirflow(AirflowRest):
         db = sqlite3.connect(self.home / "airflow.db")
         db.execute("PRAGMA journal_mode=WAL")
         db.close()
-        for name, args in (
-            ("api-server", ["api-server", "--port", str(self.port), "--host", "127.0.0.1"]),
-            ("scheduler", ["scheduler"]),
-            ("dag-processor", ["dag-processor"]),
-        ):
-            log = open(self.home / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
-            self.procs[name] = subprocess.Popen(
-                [AIRFLOW, *args], env=self.env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
+        for name in self.components:
+            self.start_component(name)
         self.wait_healthy()
         return self
+
+    def start_component(self, name: str) -> None:
+        commands = {
+            "api-server": ["api-server", "--port", str(self.port), "--host", "127.0.0.1"],
+            "scheduler": ["scheduler"],
+            "dag-processor": ["dag-processor"],
+            "triggerer": ["triggerer"],
+        }
+        log = open(self.home / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
+        self.procs[name] = subprocess.Popen(
+            [AIRFLOW, *commands[name]], env=self.env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+    def stop_component(self, name: str, timeout: float = 30) -> None:
+        """Stop one component (its process group: SIGTERM, then SIGKILL), e.g. to test a restart."""
+        proc = self.procs.pop(name)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
 
     def stop(self) -> None:
         for proc in self.procs.values():

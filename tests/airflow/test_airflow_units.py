@@ -156,7 +156,7 @@ def test_dag_files_parse_fast_without_database_or_engine_work(tmp_path):
     started = time.monotonic()
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "['overlaybd_convert', 'overlaybd_nightly']" in out.stdout
+    assert "['overlaybd_convert', 'overlaybd_nightly', 'overlaybd_on_converted', 'overlaybd_watch']" in out.stdout
     assert time.monotonic() - started < 60
 
 

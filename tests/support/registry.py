@@ -170,8 +170,10 @@ def start_registry(
     client_certs: bool = False,
     users: dict[str, str] | None = None,
     token: dict[str, Any] | None = None,
+    notifications: list[dict[str, Any]] | None = None,
 ) -> RegistryServer:
-    """Start one ``docker-registry`` under ``root``; ``token`` = TokenServer keyword arguments."""
+    """Start one ``docker-registry`` under ``root``; ``token`` = TokenServer keyword arguments;
+    ``notifications`` = ``notifications.endpoints`` entries (name, url, headers, timeout, ...)."""
     root.mkdir(parents=True, exist_ok=True)
     for _ in range(3):
         port = free_port()
@@ -194,6 +196,8 @@ def start_registry(
             server.token_server = TokenServer(signer, users or {}, **token).start()
             config["auth"] = {"token": {"realm": server.token_server.realm, "service": SERVICE,
                                         "issuer": ISSUER, "rootcertbundle": str(signer.cert)}}
+        if notifications:
+            config["notifications"] = {"endpoints": notifications}
         try:
             return server.start(config)
         except RuntimeError as exc:

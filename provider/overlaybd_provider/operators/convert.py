@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 from overlaybd_provider.operators import settings
+from overlaybd_provider.operators.assets import emit_converted, with_converted_outlet
 from overlaybd_provider.operators.base import as_bool, describe_options
 from overlaybd_provider.operators.failures import TaskError
 from overlaybd_provider.operators.links import OverlaybdImageLink, image_link
@@ -42,6 +43,7 @@ class OverlaybdConvertOperator(OverlaybdPullOperator):
     def __init__(self, *, keep_work_dir: bool = False, **kwargs: Any) -> None:
         kwargs.pop("keep_staging", None)
         kwargs.setdefault("queue", settings.heavy_queue())
+        kwargs["outlets"] = with_converted_outlet(kwargs.get("outlets"))  # the image, as an asset event
         super().__init__(**kwargs)
         self.keep_work_dir = keep_work_dir
         self.image_url: str | None = None
@@ -94,6 +96,7 @@ class OverlaybdConvertOperator(OverlaybdPullOperator):
                 ).to_json()
             seconds = round(time.monotonic() - started, 3)
             summary = summarize(report)
+            emit_converted(context, report, self.outlets)
             if hook is not None:
                 self.log_conversion(hook, conn, context, summary, seconds)
         except TaskError as exc:

@@ -17,6 +17,7 @@ from typing import Any
 from airflow.sdk.exceptions import AirflowException
 
 from overlaybd_provider.operators import settings
+from overlaybd_provider.operators.assets import emit_converted, with_converted_outlet
 from overlaybd_provider.operators.base import (
     CONNECTION_FIELDS,
     OPTION_FIELDS,
@@ -259,6 +260,7 @@ class OverlaybdPushOperator(_Stage):
     operator_extra_links = (OverlaybdImageLink(),)
 
     def __init__(self, **kwargs: Any) -> None:
+        kwargs["outlets"] = with_converted_outlet(kwargs.get("outlets"))  # the image, as an asset event
         super().__init__(**kwargs)
         self.image_url: str | None = None
 
@@ -274,6 +276,7 @@ class OverlaybdPushOperator(_Stage):
                       pushed.get("blobs_pushed", 0), human_bytes(pushed.get("bytes_pushed", 0)),
                       pushed.get("blobs_existing", 0))
         self.image_url = image_link(pushed.get("target"), pushed.get("digest"))
+        emit_converted(context, engine_stages().report(result), self.outlets)
         return {**result, "elapsed": self._elapsed(started)}
 
 

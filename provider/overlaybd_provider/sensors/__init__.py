@@ -1,0 +1,1 @@
+"""Sensors (deferrable: they wait in the triggerer)."""

@@ -1,0 +1,1 @@
+"""Deferrable triggers (run in the Airflow triggerer)."""
