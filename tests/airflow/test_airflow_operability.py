@@ -166,3 +166,46 @@ def test_time_saved_is_the_recorded_cost_of_the_reused_layers(live, registry, ma
     assert again["seconds_saved"] == pytest.approx(first["built_seconds"], rel=0.10)
     rows = mariadb.query("SELECT seconds_saved FROM overlaybd_conversions WHERE run_id = %s", (again_run,))
     assert rows and rows[0][0] == pytest.approx(again["seconds_saved"], rel=0.01)
+
+
+def _overlaybd_workers(home: Path) -> list[int]:
+    """Compressor / decoder processes started by this Airflow's tasks (their AIRFLOW_HOME is ours)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+            environ = (proc / "environ").read_bytes()
+        except OSError:
+            continue
+        if (b"zfile_worker" in cmdline or b"layerdecode" in cmdline) and f"AIRFLOW_HOME={home}".encode() in environ:
+            found.append(int(proc.name))
+    return found
+
+
+def test_a_task_marked_failed_stops_its_workers_and_cleans_up(live, registry, tmp_path):
+    big = {f"data/{i:02d}.bin": bytes([i]) * (1 << 20) + (b"x" * 4096) * 64 for i in range(160)}
+    layout = tmp_path / "layout-kill"
+    demo_image.make_image(layout, "v1", [big, {"app/x": b"x"}])
+    source = registry.ref("ops/killed", "v1")
+    push_layout(layout, source, registry.options(), src_ref="v1")
+    run_id = live.trigger("overlaybd_convert", {"source": source, "destination": registry.ref("ops/killed-obd", "obd"),
+                                                "src_registry_conn_id": "reg_ops", "dst_registry_conn_id": "reg_ops"})
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not _overlaybd_workers(live.home):
+        time.sleep(0.2)  # the build is under way once its compressor process runs
+    assert _overlaybd_workers(live.home), live.logs()
+    r = live.api("PATCH", f"/api/v2/dags/overlaybd_convert/dagRuns/{run_id}/taskInstances/convert",
+                 json={"new_state": "failed"})
+    assert r.status_code == 200, r.text
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and _overlaybd_workers(live.home):
+        time.sleep(0.5)
+    assert not _overlaybd_workers(live.home)  # on_kill stopped them
+    assert live.wait_run("overlaybd_convert", run_id) == "failed"
+    work = live.home.parent / "work" / "convert"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and work.exists() and any(work.iterdir()):
+        time.sleep(0.5)
+    assert not work.exists() or not any(work.iterdir()), list(work.iterdir())

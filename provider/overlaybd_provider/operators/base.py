@@ -6,6 +6,7 @@ cache, one-line errors that fail at once unless a retry can help, and ``on_kill`
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 import signal
 from collections.abc import Iterator, Mapping, Sequence
@@ -98,6 +99,8 @@ class OverlaybdBaseOperator(BaseOperator):
 
     def __init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("retry_policy", OverlaybdRetryPolicy())
+        # the Task Instance Details of every stage explain it to the on-call reader
+        kwargs.setdefault("doc_md", inspect.cleandoc(type(self).__doc__ or ""))
         # failed and retrying conversions appear on the overlaybd page with their error line
         kwargs.setdefault("on_failure_callback", on_conversion_failure)
         kwargs.setdefault("on_retry_callback", on_conversion_retry)
@@ -168,6 +171,7 @@ class OverlaybdBaseOperator(BaseOperator):
         swept by the next task on this worker)."""
         from overlaybd_provider.workers import live_children
 
+        self.killed = True  # the unwinding execute() removes its work directory
         for proc in live_children():
             with contextlib.suppress(ProcessLookupError, OSError):
                 os.kill(proc.pid, signal.SIGKILL)

@@ -106,6 +106,8 @@ class OverlaybdConvertOperator(OverlaybdPullOperator):
         finally:
             if conn is not None:
                 conn.close()
+            if getattr(self, "killed", False) and not self.keep_work_dir:
+                shutil.rmtree(work, ignore_errors=True)  # stopped (marked failed, timed out): clean up
         if not self.keep_work_dir:
             shutil.rmtree(work, ignore_errors=True)
         self.image_url = image_link(summary.get("target"), summary.get("target_digest"))
