@@ -94,8 +94,11 @@ def test_cli_apply_layer_raw_and_blob(tmp_path: Path, overlaybd_cmd: list[str]) 
     tar = tmp_path / "l.tar"
     tar.write_bytes(make_tar([f("a", b"a")]))
     blob, raw = tmp_path / "l.blob", tmp_path / "l.lsmt"
+    refused = subprocess.run([*overlaybd_cmd, "apply-layer", str(tar), str(blob), "--bs", "64"],
+                             capture_output=True, text=True)
+    assert refused.returncode == 2 and "--bs 64 is not offered" in refused.stderr and not blob.exists()
     subprocess.run([*overlaybd_cmd, "apply-layer", str(tar), str(blob), "--vsize", "1", "--algorithm", "zstd",
-                    "--bs", "64"], check=True, capture_output=True)
+                    "--bs", "32"], check=True, capture_output=True)
     subprocess.run([*overlaybd_cmd, "apply-layer", "--raw", str(tar), str(raw), "--vsize", "1",
                     "--uuid", "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"], check=True, capture_output=True)
     tar2 = tmp_path / "l2.tar"
