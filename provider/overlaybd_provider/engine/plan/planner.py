@@ -15,7 +15,7 @@ from overlaybd_provider.engine.transfer.endpoint import Endpoint
 from overlaybd_provider.engine.transfer.workspace import Workspace
 from overlaybd_provider.oci.errors import NotFoundError
 
-__all__ = ["fill_costs", "lookup_layer", "make_plan", "prepare", "resolve_dedup"]
+__all__ = ["fetch_object", "fill_costs", "lookup_layer", "make_plan", "prepare", "resolve_dedup"]
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,17 @@ def _config_platform(config: dict) -> str:
     return f"{text}/{config['variant']}" if config.get("variant") else text
 
 
+def fetch_object(src: Endpoint, ws: Workspace, digest: str, size: int) -> None:
+    """A blob document (a config) into the workspace objects, by digest (verified by the store)."""
+    path = ws.object_path(digest)
+    if path.exists():
+        return
+    tmp = ws.root / "objects" / f".{digest[7:]}.fetch"
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    src.fetch_blob(digest, size, tmp)
+    tmp.replace(path)
+
+
 def _plan_image(
     src: Endpoint, ws: Workspace, *, platform: str, child: int | None, media_type: str, digest: str, size: int
 ) -> ImagePlan:
@@ -51,12 +62,7 @@ def _plan_image(
     ws.put_object(digest, data)
     manifest = mf.parse_manifest(data)
     cfg = manifest["config"]
-    cfg_path = ws.object_path(cfg["digest"])
-    if not cfg_path.exists():
-        tmp = ws.root / "objects" / f".{cfg['digest'][7:]}.fetch"
-        tmp.parent.mkdir(parents=True, exist_ok=True)
-        src.fetch_blob(cfg["digest"], cfg["size"], tmp)
-        tmp.replace(cfg_path)
+    fetch_object(src, ws, cfg["digest"], cfg["size"])
     config = mf.parse_config(ws.get_object(cfg["digest"]))
     layers = manifest["layers"] or []
     diff_ids = config["rootfs"]["diff_ids"] or []

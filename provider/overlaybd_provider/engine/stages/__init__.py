@@ -28,7 +28,7 @@ from overlaybd_provider.engine.errors import StageError
 from overlaybd_provider.engine.options import ConvertOptions, parse_fstype
 from overlaybd_provider.engine.pipeline import Pipeline, run_images
 from overlaybd_provider.engine.plan.model import ImagePlan, LayerPlan, Plan
-from overlaybd_provider.engine.plan.planner import fill_costs, prepare
+from overlaybd_provider.engine.plan.planner import fetch_object, fill_costs, prepare
 from overlaybd_provider.engine.report import Progress, build_report
 from overlaybd_provider.engine.transfer import publish
 from overlaybd_provider.engine.transfer.blobcache import BlobCache
@@ -197,15 +197,13 @@ def _fetch_documents(ws: Workspace, plan: Plan, src: Endpoint) -> None:
         if image.cached:
             continue
         ws.put_object(image.source_digest, src.get_manifest(image.source_digest, image.source_size))
-        from overlaybd_provider.engine.documents import manifests as mf
+        fetch_object(src, ws, image.config_digest, _config_size(ws, image))
 
-        cfg = mf.parse_manifest(ws.get_object(image.source_digest))["config"]
-        path = ws.object_path(cfg["digest"])
-        if not path.exists():
-            tmp = ws.root / "objects" / f".{cfg['digest'][7:]}.fetch"
-            tmp.parent.mkdir(parents=True, exist_ok=True)
-            src.fetch_blob(cfg["digest"], cfg["size"], tmp)
-            tmp.replace(path)
+
+def _config_size(ws: Workspace, image: ImagePlan) -> int:
+    from overlaybd_provider.engine.documents import manifests as mf
+
+    return int(mf.parse_manifest(ws.get_object(image.source_digest))["config"]["size"])
 
 
 def push(conversion: Mapping[str, Any], *, src_registry: RegistryOptions | None = None,
