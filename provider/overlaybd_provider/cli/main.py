@@ -26,6 +26,7 @@ SUBCOMMAND_MODULES = (
     "zfile",
     "apply",
     "convert",
+    "verify",
 )
 
 
