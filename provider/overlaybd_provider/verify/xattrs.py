@@ -41,7 +41,7 @@ def _check_area(data: bytes, entries_at: int, value_base: int, where: str, in_in
             return
         name_len, _index, offs, inum, size, e_hash = EXT4_XATTR_ENTRY.unpack_from(data, pos)
         name_end = pos + EXT4_XATTR_ENTRY.size + name_len
-        if name_len == 0 or name_end > len(data):
+        if name_end > len(data):  # name_len 0 is valid: POSIX ACLs have an empty name suffix
             bad(f"{where}: entry at offset {pos} has a bad name length {name_len}")
             return
         if inum:
