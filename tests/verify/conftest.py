@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import struct
+import subprocess
 import tarfile
 from pathlib import Path
 
@@ -140,3 +141,27 @@ def feature_images(feature_tars: list[Path], tmp_path_factory: pytest.TempPathFa
     zst = feature_tars[2].with_name(feature_tars[2].name + ".zst")
     src = tar_layout(work / "src", "v1", [feature_tars[0], feature_tars[1], zst], compress=[False, True, False])
     return src, convert(src, f"oci:{work / 'dst'}:v1")
+
+
+@pytest.fixture(scope="session")
+def oracle_convert():
+    """``convert(tars, outdir) -> [blob...]`` with upstream's own tools (``oracle-convert.sh``);
+    skips when the oracle is not installed or its binaries do not start on this machine."""
+    from conftest import shared_root
+
+    bin_dir = shared_root() / "oracle" / "bin"
+    script = bin_dir / "oracle-convert.sh"
+    if not script.is_file():
+        pytest.skip(f"upstream oracle not available at {bin_dir}")
+    probe = subprocess.run([str(bin_dir / "overlaybd-create"), "--help"], capture_output=True, check=False)
+    if probe.returncode != 0:
+        pytest.skip(f"upstream overlaybd-create does not start here (exit {probe.returncode})")
+
+    def run(tars: list[Path], out: Path) -> list[Path]:
+        proc = subprocess.run(["bash", str(script), *map(str, tars), str(out)], capture_output=True, text=True,
+                              timeout=600, check=False)
+        if proc.returncode != 0:
+            raise AssertionError(f"oracle-convert.sh failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+        return [out / f"layer-{i + 1}.blob" for i in range(len(tars))]
+
+    return run

@@ -45,6 +45,10 @@ class FsckResult:
 
 
 def find_e2fsck() -> str | None:
+    """``$OVERLAYBD_E2FSCK`` (a path; empty: treat e2fsprogs as absent), else e2fsck on PATH or in /sbin."""
+    forced = os.environ.get("OVERLAYBD_E2FSCK")
+    if forced is not None:
+        return forced or None
     return shutil.which("e2fsck") or shutil.which("e2fsck", path="/usr/sbin:/sbin")
 
 
