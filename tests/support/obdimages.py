@@ -120,15 +120,20 @@ def _uncompressed_digest(path: Path, kind: str) -> str:
     return "sha256:" + h.hexdigest()
 
 
-def blob_layout(layout: Path, tag: str, blobs: Sequence[Path]) -> str:
-    """An overlaybd image of converted layer blobs (bottom first), e.g. upstream's own output."""
+def blob_layout(layout: Path, tag: str, blobs: Sequence[Path], *,
+                descriptors: Sequence[Mapping] | None = None) -> str:
+    """An overlaybd image of converted layer blobs (bottom first), e.g. upstream's own output;
+    ``descriptors`` replace the generated layer descriptors' mediaType/annotations (TurboOCI)."""
     store = LayoutStore(layout)
     work = Path(tempfile.mkdtemp(prefix="obdimages-"))
     try:
         layers = []
-        for blob in blobs:
+        for i, blob in enumerate(blobs):
             digest, size = _put(store, Path(blob))
-            layers.append(_obd_layer(digest, size))
+            layer = _obd_layer(digest, size)
+            if descriptors is not None:
+                layer.update({k: descriptors[i][k] for k in ("mediaType", "annotations") if k in descriptors[i]})
+            layers.append(layer)
         return _image(store, tag, layers, [d["digest"] for d in layers], work)
     finally:
         shutil.rmtree(work, ignore_errors=True)

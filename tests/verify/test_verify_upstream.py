@@ -91,3 +91,16 @@ def test_upstream_oracle_conversion_reports_only_its_rounded_mtimes(oracle_conve
         assert float(in_source) == pytest.approx(fractional[path], abs=1e-9)
         assert "." not in in_image and abs(int(in_image) - fractional[path]) < 1  # whole seconds
     assert plat["e2fsck"]["ran"] and plat["e2fsck"]["exit_code"] == 0
+
+
+def test_turbo_oci_layers_are_refused_in_one_line(fixtures_dir: Path, tmp_path: Path) -> None:
+    """TurboOCI layers read file data from the source blob: not supported yet (formats/ gets the reader)."""
+    fx = fixtures_dir / "upstream-turbo"
+    descs = [json.loads((fx / "simple-ext4" / f"layer-{i}.desc").read_text()) for i in (1, 2)]
+    src = tar_layout(tmp_path / "src", "v1", [fx / "L1.tar.gz", fx / "L2.tar"])
+    dst = blob_layout(tmp_path / "dst", "v1", [fx / "simple-ext4" / f"layer-{i}.turbo.tar.gz" for i in (1, 2)],
+                      descriptors=descs)
+    proc = verify_cli(src, dst)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr == (f"overlaybd: error: layer 1 ({descs[0]['digest']}) is a TurboOCI layer: "
+                           "verify cannot read TurboOCI layers yet\n")

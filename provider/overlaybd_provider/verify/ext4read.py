@@ -47,6 +47,11 @@ EXT_INIT_MAX_LEN = 32768
 INDEX_ENTRIES = (BLOCK - EXTENT_HEADER.size) // EXTENT.size  # 340
 _DATA_CHUNK_BLOCKS = 2048  # 8 MiB per read
 _U32S = struct.Struct("<15I")
+_MAX_MAP_ERRORS = 16
+
+
+class _Abort(Exception):
+    """Too many bad pointers: the mapping is garbage."""
 
 FT_NAMES = {L.S_IFREG: "file", L.S_IFDIR: "dir", L.S_IFLNK: "symlink", L.S_IFCHR: "chr",
             L.S_IFBLK: "blk", L.S_IFIFO: "fifo", L.S_IFSOCK: "sock"}
@@ -278,10 +283,18 @@ class Ext4Reader:
         ino = rec.ino
         apb = BLOCK // 4
         lblk = 0
+        errors = 0
+
+        def wrong(text: str) -> None:
+            nonlocal errors
+            errors += 1
+            bad(text)
+            if errors >= _MAX_MAP_ERRORS:
+                raise _Abort
 
         def add(p: int) -> None:
             if not self.in_fs(p):
-                bad(f"inode {ino}: block map points at block {p} outside the filesystem")
+                wrong(f"inode {ino}: block map points at block {p} outside the filesystem")
                 return
             ext = fm.extents
             if ext and ext[-1][0] + ext[-1][2] == lblk and ext[-1][1] + ext[-1][2] == p:
@@ -301,17 +314,21 @@ class Ext4Reader:
                 lblk += 1
                 return
             if not self.in_fs(p):
-                bad(f"inode {ino}: indirect block {p} outside the filesystem")
+                wrong(f"inode {ino}: indirect block {p} outside the filesystem")
                 lblk += span
                 return
             fm.meta.append(p)
             for q in struct.unpack(f"<{apb}I", self.dev.block(p)):
                 walk(q, level - 1)
 
-        for p in ptrs[:12]:
-            walk(p, 0)
-        for level, p in ((1, ptrs[12]), (2, ptrs[13]), (3, ptrs[14])):
-            walk(p, level)
+        try:
+            for p in ptrs[:12]:
+                walk(p, 0)
+            for level, p in ((1, ptrs[12]), (2, ptrs[13]), (3, ptrs[14])):
+                walk(p, level)
+        except _Abort:
+            bad(f"inode {ino}: block map is corrupt (gave up after {errors} bad pointers)")
+            return FileMap([], [])
         return fm
 
     # -- content -----------------------------------------------------------------------------
