@@ -104,3 +104,18 @@ def test_turbo_oci_layers_are_refused_in_one_line(fixtures_dir: Path, tmp_path: 
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr == (f"overlaybd: error: layer 1 ({descs[0]['digest']}) is a TurboOCI layer: "
                            "verify cannot read TurboOCI layers yet\n")
+
+
+def test_upstream_published_hello_world_shows_its_lost_found_quirk(fixtures_dir: Path) -> None:
+    """docker hello-world as upstream's converter published it: the tree is right, and both the structural
+    checks and e2fsck report the broken lost+found htree of upstream's mkfs (ext4-profile.md §5)."""
+    layout = fixtures_dir / "hello-world-oci"
+    proc = verify_cli(f"oci:{layout}:amd64", f"oci:{layout}:amd64-converted")
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stdout.splitlines() == [
+        "3 differences: 0 mtime, 0 content, 0 size, 0 missing, 0 extra, 0 type, 0 mode, 0 owner, 0 xattr, "
+        "0 symlink, 0 hardlink, 0 device, 3 filesystem",
+        "htree directory inode 11: block #2 not referenced by the htree",
+        "e2fsck: Problem in HTREE directory inode 11: block #2 not referenced",
+        "e2fsck: Invalid HTREE directory inode 11 (/lost+found).",
+    ]

@@ -25,7 +25,7 @@ from overlaybd_provider.verify.errors import VerifyError
 _CHUNK_BLOCKS = 256
 _OK_LINE = re.compile(
     r"^(e2fsck \d.*|Pass [1-5][A-Z]?: .*|.*: \d+/\d+ files \(.*\), \d+/\d+ blocks|\s*Using EXT2FS Library.*"
-    r"|.*\*\*\*\*\* FILE SYSTEM WAS MODIFIED \*\*\*\*\*|.*: \*\*\*\*\* .*|\s*)$")
+    r"|.*\*{5,}.*|\s*)$")  # banners: ***** FILE SYSTEM WAS MODIFIED *****, ********** WARNING: ...
 _ANSWER = re.compile(r"\s*(Fix|Clear|Salvage|Relocate|Recreate|Optimize|Abort|Ignore error|Connect to /lost\+found|"
                      r"Delete file|Clone multiply-claimed blocks|Clear inode|Clear HTree index)\? no\s*$")
 _ENV = {**os.environ, "LC_ALL": "C", "PAGER": "__none__"}
@@ -94,7 +94,7 @@ def run_e2fsck(dev: BlockDevice, runs: list[tuple[int, int]], *, work_dir: str |
                                   timeout=timeout, check=False)
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise VerifyError(f"e2fsck could not run: {exc}") from None
-    text = (proc.stdout + proc.stderr).decode("utf-8", "replace")
+    text = (proc.stdout + proc.stderr).decode("utf-8", "replace").replace(str(image), "image")
     if proc.returncode >= 8:
         raise VerifyError(f"e2fsck failed (exit {proc.returncode}): {' / '.join(text.strip().splitlines()[-2:])}")
     problems = parse_output(text) if proc.returncode else []
