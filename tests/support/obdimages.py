@@ -180,6 +180,23 @@ def replace_layer(ref: str, index: int, blob: Path, new_tag: str) -> str:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def edit_config(ref: str, new_tag: str, edit) -> str:
+    """The same image with its config changed by ``edit(config_dict)`` (e.g. a wrong diff_id)."""
+    layout, tag = _split(ref)
+    store = LayoutStore(layout)
+    data, _mt, _d = store.get_manifest(store.resolve(tag).digest)
+    manifest = json.loads(data)
+    with store.open_blob(manifest["config"]["digest"]) as f:
+        config = json.loads(f.read())
+    edit(config)
+    work = Path(tempfile.mkdtemp(prefix="obdimages-"))
+    try:
+        extra = {k: v for k, v in config.items() if k != "rootfs"}
+        return _image(store, new_tag, manifest["layers"], config["rootfs"]["diff_ids"], work, extra)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def convert(src: str, dst: str, *extra: str, timeout: float = 900) -> str:
     cmd = [*overlaybd_cli(), "convert", src, dst, "--db-url", "none", "--blob-cache", "none", *extra]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)

@@ -8,7 +8,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from support.obdimages import verify_cli
+from support.obdimages import edit_config, verify_cli
 from support.paths import overlaybd_cli
 from support.registry import push_layout
 
@@ -91,6 +91,21 @@ def test_missing_image_is_one_line_exit_2(feature_images, tmp_path: Path) -> Non
         assert proc.returncode == 2 and proc.stdout == ""
         lines = proc.stderr.splitlines()
         assert len(lines) == 1 and lines[0].startswith("overlaybd: error: "), proc.stderr
+
+
+def test_source_layer_not_matching_its_diff_id_is_an_error(feature_images) -> None:
+    src, dst = feature_images
+
+    def lie(config: dict) -> None:
+        config["rootfs"]["diff_ids"][1] = "sha256:" + "0" * 64
+
+    proc = verify_cli(edit_config(src, "lying", lie), dst)
+    assert proc.returncode == 2 and proc.stdout == ""
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith("overlaybd: error: oci:") and line.endswith(
+        "uncompressed content has digest sha256:" + line.split("digest sha256:")[1].split(",")[0]
+        + ", the config's diff_id is sha256:" + "0" * 64), line
+    assert " layer 2 (sha256:" in line
 
 
 def test_bad_arguments_exit_2(feature_images) -> None:

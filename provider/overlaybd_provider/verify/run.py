@@ -21,11 +21,11 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 from overlaybd_provider.errors import OverlaybdError
 from overlaybd_provider.ext4.errors import LayerTarError
-from overlaybd_provider.ext4.layerdecode import decompressed
+from overlaybd_provider.ext4.layerdecode import content_digest, decompressed
 from overlaybd_provider.formats.lsmt_index import ZERO_UUID
 from overlaybd_provider.formats.stack import LayerStack
 from overlaybd_provider.oci.options import RegistryOptions
@@ -43,8 +43,13 @@ from overlaybd_provider.verify.source import SourceTree, link_groups
 log = logging.getLogger(__name__)
 
 FSCK_MODES = ("auto", "always", "never")
-#: (name for messages, opener of the layer blob stream (plain, gzip or zstd), expected diff_id)
-SourceLayer = tuple[str, Callable[[], AbstractContextManager[BinaryIO]], str | None]
+class SourceLayer(NamedTuple):
+    """One source layer; plain ``(name, open, diff_id)`` tuples work as well."""
+
+    name: str  # for messages
+    open: Callable[[], AbstractContextManager[BinaryIO]]  # the blob stream: plain, gzip or zstd
+    diff_id: str | None = None  # checked against the uncompressed content
+    blob_digest: str | None = None  # what the stream is verified against at its end (plain tars)
 
 
 @dataclass(frozen=True)
@@ -74,18 +79,23 @@ def sampler(fraction: float) -> Callable[[bytes], bool] | None:
     return lambda path: int.from_bytes(hashlib.sha256(path).digest()[:8], "big") < threshold
 
 
-def build_source(layers: Sequence[SourceLayer], sample: float = 1.0) -> SourceTree:
+def build_source(layers: Sequence[SourceLayer | tuple], sample: float = 1.0) -> SourceTree:
     tree = SourceTree(hash_content=sampler(sample))
-    for name, opener, diff_id in layers:
+    for name, opener, diff_id, *rest in layers:
         with opener() as raw:
-            stream, kind = decompressed(raw)
+            # the decoder hashes what it produces (on its own core for gzip/zstd); for a plain tar
+            # the blob digest, checked when the stream ends, is the content digest
+            stream, kind = decompressed(raw, digest=True, plain_digest=rest[0] if rest else None)
             try:
-                tree.apply_layer(stream, name=name, diff_id=diff_id)
+                tree.apply_layer(stream, name=name)
+                got = content_digest(stream)
             except LayerTarError as exc:
                 raise SourceLayerError(f"{name}: {exc}") from None
             finally:
                 with contextlib.suppress(Exception):
                     stream.close()
+        if diff_id is not None and got != diff_id:
+            raise SourceLayerError(f"{name}: uncompressed content has digest {got}, the config's diff_id is {diff_id}")
         log.debug("%s (%s): %d entries so far", name, kind, tree.entries)
     return tree
 
@@ -99,7 +109,7 @@ def chain_warnings(stack: LayerStack) -> list[str]:
     return out
 
 
-def verify_layers(layers: Sequence[SourceLayer], device: ByteDevice, options: VerifyOptions | None = None, *,
+def verify_layers(layers: Sequence[SourceLayer | tuple], device: ByteDevice, options: VerifyOptions | None = None, *,
                   platform: str = "", source_digest: str = "", image_digest: str = "") -> PlatformReport:
     """Verify a merged device (a layer stack, or a raw disk) against source layer tars."""
     options = options or VerifyOptions()
@@ -178,7 +188,8 @@ def verify_image(source: str, destination: str, options: VerifyOptions | None = 
                 files = [opened.enter_context(open_image_layer(i, desc, fetch)) for i, desc in enumerate(d.layers)]
                 stack = LayerStack([f.lsmt for f in files], check_chain=False)
                 layers: list[SourceLayer] = [
-                    (f"{source} layer {i + 1} ({desc.digest[:19]})", partial(src.layer_stream, desc), diff_id)
+                    SourceLayer(f"{source} layer {i + 1} ({desc.digest[:19]})", partial(src.layer_stream, desc),
+                                diff_id, desc.digest)
                     for i, (desc, diff_id) in enumerate(zip(s.layers, s.diff_ids, strict=True))]
                 report = verify_layers(layers, stack, options, platform=d.platform, source_digest=s.digest,
                                        image_digest=d.digest)
