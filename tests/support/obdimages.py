@@ -106,6 +106,34 @@ def tar_layout(layout: Path, tag: str, tars: Sequence[Path], *, compress: bool |
         shutil.rmtree(work, ignore_errors=True)
 
 
+def index_layout(layout: Path, tag: str, images: Mapping[str, Sequence[Path]]) -> str:
+    """A multi-platform source image: one manifest of gzip'd tars per ``os/arch``, in an index."""
+    store = LayoutStore(layout)
+    children = []
+    for platform, tars in images.items():
+        os_name, arch = platform.split("/")[:2]
+        ref = tar_layout(layout, f".{os_name}-{arch}", tars)
+        desc = store.resolve(ref.rsplit(":", 1)[1])
+        children.append({"mediaType": OCI_MANIFEST, "digest": desc.digest, "size": desc.size,
+                         "platform": {"os": os_name, "architecture": arch}})
+        data, _mt, _d = store.get_manifest(desc.digest)
+        manifest = json.loads(data)
+        with store.open_blob(manifest["config"]["digest"]) as f:
+            config = json.loads(f.read())
+        config["architecture"] = arch
+        work = Path(tempfile.mkdtemp(prefix="obdimages-"))
+        try:
+            ref = _image(store, f".{os_name}-{arch}", manifest["layers"], config["rootfs"]["diff_ids"], work,
+                         {k: v for k, v in config.items() if k != "rootfs"})
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        desc = store.resolve(ref.rsplit(":", 1)[1])
+        children[-1].update(digest=desc.digest, size=desc.size)
+    index = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": children}
+    store.push_manifest(json.dumps(index, sort_keys=True).encode(), index["mediaType"], tag)
+    return f"oci:{layout}:{tag}"
+
+
 def _uncompressed_digest(path: Path, kind: str) -> str:
     h = hashlib.sha256()
     with path.open("rb") as raw:

@@ -8,7 +8,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from support.obdimages import edit_config, verify_cli
+from support.obdimages import convert, edit_config, index_layout, verify_cli
 from support.paths import overlaybd_cli
 from support.registry import push_layout
 
@@ -142,3 +142,24 @@ def test_bad_credentials_are_one_line_without_the_secret(feature_images, auth_re
     assert "not-the-password" not in proc.stderr
     ok = verify_cli(src, ref, "--plain-http", "-u", f"{auth_registry.username}:{auth_registry.password}")
     assert ok.returncode == 0, ok.stdout + ok.stderr
+
+
+def test_every_platform_of_an_index_is_verified(feature_tars, tmp_path: Path) -> None:
+    src = index_layout(tmp_path / "src", "multi", {"linux/amd64": feature_tars[:2], "linux/arm64": feature_tars[:1]})
+    dst = convert(src, f"oci:{tmp_path / 'dst'}:multi")
+    rc, report = _json(src, dst)
+    assert rc == 0 and [p["platform"] for p in report["platforms"]] == ["linux/amd64", "linux/arm64"]
+    assert report["platforms"][0]["layers"] == 2 and report["platforms"][1]["layers"] == 1
+    proc = verify_cli(src, dst)
+    lines = proc.stdout.splitlines()
+    assert proc.returncode == 0 and len(lines) == 2
+    assert lines[0].startswith("linux/amd64: 0 differences") and lines[1].startswith("linux/arm64: 0 differences")
+    rc, only = _json(src, dst, "--platform", "linux/arm64")
+    assert [p["platform"] for p in only["platforms"]] == ["linux/arm64"]
+    # the arm64 image verified against the amd64 source: the platforms must pair up
+    wrong = index_layout(tmp_path / "wrong", "multi", {"linux/amd64": feature_tars[:2], "linux/arm64": feature_tars[:2]})
+    proc = verify_cli(wrong, dst)
+    lines = proc.stdout.splitlines()
+    assert proc.returncode == 1 and lines[0].startswith("linux/amd64: 0 differences")
+    assert lines[1].startswith("linux/arm64: ") and " 0 missing," not in lines[1]  # layer 2's files
+    assert all(ln.startswith(("linux/arm64: /srv/", "linux/arm64: ... and ")) for ln in lines[2:])
