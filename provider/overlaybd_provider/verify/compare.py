@@ -59,7 +59,8 @@ class TreeComparer:
         r = self.r
         rec = r.inode(L.ROOT_INO)
         if not rec.is_dir() or not self.checker.in_use(L.ROOT_INO):
-            self.checker.bad("the root inode (2) is not an in-use directory")
+            self.checker.bad("the root inode (2) is not an in-use directory: the tree cannot be compared")
+            self.checker.finish()
             return self.stats
         self.checker.reference(L.ROOT_INO, rec, b"/")
         self._compare(b"", src_root, rec)

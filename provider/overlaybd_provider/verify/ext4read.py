@@ -146,6 +146,9 @@ class Ext4Reader:
                 or sb.s_inodes_per_group > BLOCK * 8:
             raise CorruptImageError(
                 f"ext4 superblock has {sb.s_blocks_per_group} blocks / {sb.s_inodes_per_group} inodes per group")
+        if sb.s_feature_incompat & L.INCOMPAT_64BIT and not (
+                32 <= sb.s_desc_size <= BLOCK and sb.s_desc_size & (sb.s_desc_size - 1) == 0):
+            raise CorruptImageError(f"ext4 superblock has a group descriptor size of {sb.s_desc_size}")
         self.sb = sb
         self.geo = geo = L.Geometry(sb)
         if geo.blocks_count > dev.blocks_count:
@@ -160,6 +163,8 @@ class Ext4Reader:
         self.hash_seed = struct.unpack("<4I", sb.s_hash_seed)
         self.signed_hash = not (sb.s_flags & L.EXT2_FLAGS_UNSIGNED_HASH)
         self.first_ino = sb.s_first_ino if sb.s_rev_level else L.FIRST_INO
+        if not L.ROOT_INO < self.first_ino <= geo.inodes_count:
+            raise CorruptImageError(f"ext4 superblock has first inode {self.first_ino}")
         self.groups = self._read_groups()
 
     def _read_groups(self) -> list[L.GroupDesc]:

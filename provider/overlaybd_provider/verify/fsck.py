@@ -156,7 +156,7 @@ class Checker:
         backups = [g for g in range(1, geo.ngroups) if geo.has_super(g)]
         for j in range(geo.reserved_gdt):
             pblk = 1 + geo.desc_blocks + j
-            if table[(geo.desc_blocks + j) % apb] != pblk:
+            if not r.in_fs(pblk) or table[(geo.desc_blocks + j) % apb] != pblk:
                 self.bad(f"the resize inode is not valid (reserved GDT block {pblk} missing from its map)")
                 return
             ind = struct.unpack(f"<{apb}I", r.dev.block(pblk))
