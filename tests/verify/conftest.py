@@ -144,12 +144,10 @@ def feature_images(feature_tars: list[Path], tmp_path_factory: pytest.TempPathFa
 
 
 @pytest.fixture(scope="session")
-def oracle_convert():
+def oracle_convert(shared_dir: Path):
     """``convert(tars, outdir) -> [blob...]`` with upstream's own tools (``oracle-convert.sh``);
     skips when the oracle is not installed or its binaries do not start on this machine."""
-    from conftest import shared_root
-
-    bin_dir = shared_root() / "oracle" / "bin"
+    bin_dir = shared_dir / "oracle" / "bin"
     script = bin_dir / "oracle-convert.sh"
     if not script.is_file():
         pytest.skip(f"upstream oracle not available at {bin_dir}")

@@ -18,6 +18,13 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from overlaybd_provider.formats.blob import open_layer
+from overlaybd_provider.formats.stack import LayerStack
+from overlaybd_provider.verify.device import BlockDevice
+from overlaybd_provider.verify.e2fsck import export_metadata
+from overlaybd_provider.verify.ext4read import Ext4Reader
+from overlaybd_provider.verify.findings import Findings
+from overlaybd_provider.verify.fsck import Checker
 from support.ext4img import inode_blocks, inode_offset, lookup
 from support.fsjudge import e2fsck, export_stack
 from support.obdimages import (
@@ -169,3 +176,34 @@ def test_damaged_metadata_is_caught_and_e2fsck_agrees(kind: str, feature_images,
     assert plat["e2fsck"]["exit_code"] == 4
     assert any(re.search(theirs, ln) for ln in plat["e2fsck"]["problems"]), plat["e2fsck"]["problems"]
     assert any(re.search(ours, d["text"]) for d in plat["differences"])
+
+
+def _metadata_export(blobs: list[Path], out: Path) -> Path:
+    """What ``--fsck`` gives e2fsck: the blocks pass 1 found to be metadata, file data left as holes."""
+    files = [open_layer(b) for b in blobs]
+    try:
+        dev = BlockDevice(LayerStack([f.lsmt for f in files], check_chain=False))
+        checker = Checker(Ext4Reader(dev), Findings())
+        checker.scan()
+        export_metadata(dev, checker.export_runs, out)
+    finally:
+        for f in files:
+            f.close()
+    return out
+
+
+@pytest.mark.parametrize("kind", [None, "block-bitmap", "link-count", "htree-leaf"])
+def test_e2fsck_says_the_same_on_the_metadata_export_as_on_the_full_disk(kind, feature_images, clean_export: Path,
+                                                                        tmp_path: Path) -> None:
+    """The premise of the metadata-only export: e2fsck never reads file data, so its verdict on the
+    export equals its verdict on the whole merged disk (``overlaybd export``), word for word."""
+    _src, dst = feature_images
+    blobs = layer_blobs(dst)
+    if kind is not None:
+        blobs = [*blobs[:-1], patched_layer(blobs, tmp_path / "damaged.blob", _damage(kind, blobs, clean_export))]
+    full = export_stack(blobs, tmp_path / "full.raw")
+    meta = _metadata_export(blobs, tmp_path / "meta.raw")
+    assert meta.stat().st_blocks * 512 < full.stat().st_blocks * 512 / 2  # much less on disk
+    (rc_full, text_full), (rc_meta, text_meta) = e2fsck(full), e2fsck(meta)
+    assert (rc_meta, text_meta.replace(str(meta), "IMAGE")) == (rc_full, text_full.replace(str(full), "IMAGE"))
+    assert rc_full == (0 if kind is None else 4)
