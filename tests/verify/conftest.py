@@ -5,7 +5,7 @@ directories refilled in the same layer (before and after the marker), hard links
 and to lower layers (made before the target is replaced), PAX records (``SCHILY.xattr.*`` incl.
 a POSIX ACL and a 3 000-byte value that needs an xattr block, fractional ``mtime``, 32-bit
 uid/gid), character/block devices (old and new encodings), a fifo, setuid/setgid/sticky modes,
-symlinks of 59/60/300 bytes, a 255-byte name, a 3 000-entry (htree) directory, a mostly-zero
+symlinks of 59/60/300 bytes, a 255-byte name, a name that is not UTF-8, a 3 000-entry (htree) directory, a mostly-zero
 file, a ``./`` root entry. Layer 1 is a plain tar, layer 2 gzip, layer 3 zstd.
 """
 
@@ -30,7 +30,8 @@ T0 = 1_700_000_000
 
 class _Tar:
     def __init__(self, path: Path) -> None:
-        self.tf = tarfile.open(path, "w", format=tarfile.PAX_FORMAT)  # noqa: SIM115 - closed by close()
+        self.tf = tarfile.open(path, "w", format=tarfile.PAX_FORMAT,  # noqa: SIM115 - closed by close()
+                               encoding="utf-8", errors="surrogateescape")
 
     def add(self, name: str, data: bytes = b"", typ: bytes = tarfile.REGTYPE, *, mode: int = 0o644, uid: int = 0,
             gid: int = 0, link: str = "", xattrs: dict[str, bytes] | None = None, dev: tuple[int, int] = (0, 0),
@@ -103,6 +104,7 @@ def write_feature_layers(work: Path) -> list[Path]:
     a.add("srv/frac-mtime", b"x", mtime=T0 + 0.75)
     a.add("srv/big-ids", b"ids\n", uid=3_000_000, gid=70_000)
     a.add("srv/empty", b"")
+    a.add("srv/caf\udce9-latin1-name", b"not UTF-8\n")  # a name that is not valid UTF-8 (byte 0xe9)
     a.close()
 
     b = _Tar(work / "feat-b.tar")
