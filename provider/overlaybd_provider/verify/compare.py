@@ -13,7 +13,7 @@ import hashlib
 from dataclasses import dataclass
 
 from overlaybd_provider.ext4 import layout as L
-from overlaybd_provider.verify.ext4read import Ext4Reader, InodeRec, decode_dev
+from overlaybd_provider.verify.ext4read import Ext4Reader, FileMap, InodeRec, decode_dev
 from overlaybd_provider.verify.findings import Findings, show_path
 from overlaybd_provider.verify.fsck import Checker
 from overlaybd_provider.verify.source import Node
@@ -46,14 +46,34 @@ def _short(value: bytes | None) -> str:
     return f"{len(value)} bytes {text[:40]}{'...' if len(text) > 40 else ''}"
 
 
+class ContentHashes:
+    """sha256 of every regular file's content by inode, computed during pass 1 (``on_file``)."""
+
+    def __init__(self, reader: Ext4Reader) -> None:
+        self.r = reader
+        self.digests: dict[int, bytes] = {}
+        self.bytes = 0
+
+    def __call__(self, rec: InodeRec, fm: FileMap) -> None:
+        if rec.size == 0:
+            return
+        h = hashlib.sha256()
+        for chunk in self.r.read_data(fm, rec.size):
+            h.update(chunk)
+        self.digests[rec.ino] = h.digest()
+        self.bytes += rec.size
+
+
 class TreeComparer:
-    def __init__(self, reader: Ext4Reader, checker: Checker, findings: Findings) -> None:
+    def __init__(self, reader: Ext4Reader, checker: Checker, findings: Findings,
+                 hashes: ContentHashes | None = None) -> None:
         self.r = reader
         self.checker = checker
         self.f = findings
         self.stats = WalkStats()
-        self._hashes: dict[int, bytes] = {}
+        self._hashes: dict[int, bytes] = hashes.digests if hashes is not None else {}
         self._links: list[tuple[bytes, int, int]] = []  # path, id(source node), image inode
+        self._counted: set[int] = set()  # inodes whose content was compared
 
     def run(self, src_root: Node, link_groups: dict[int, list[bytes]]) -> WalkStats:
         r = self.r
@@ -188,10 +208,12 @@ class TreeComparer:
             for chunk in self.r.read_data(fm, rec.size):
                 h.update(chunk)
             digest = h.digest()
-            self.stats.files_hashed += 1
-            self.stats.bytes_hashed += rec.size
             if rec.links > 1:
                 self._hashes[rec.ino] = digest
+        if rec.size and rec.ino not in self._counted:
+            self._counted.add(rec.ino)
+            self.stats.files_hashed += 1
+            self.stats.bytes_hashed += rec.size
         if digest != s.sha256:
             a, b = s.sha256.hex(), digest.hex()
             self.f.add("content", path, f"{show_path(path)}: content sha256 {a[:_SHOW_HEX]}... in source, "

@@ -81,21 +81,41 @@ def parse_output(text: str) -> list[str]:
     return out
 
 
-def run_e2fsck(dev: BlockDevice, runs: list[tuple[int, int]], *, work_dir: str | os.PathLike[str] | None,
-               binary: str, timeout: float = 3600.0) -> FsckResult:
-    with tempfile.TemporaryDirectory(prefix="overlaybd-verify-fsck-", dir=work_dir) as tmp:
-        image = Path(tmp, "metadata.raw")
+class E2fsckRun:
+    """``e2fsck -fn`` on the metadata export, started at once and collected with :meth:`wait`, so it
+    runs on another core while the tree is compared."""
+
+    def __init__(self, dev: BlockDevice, runs: list[tuple[int, int]], *, work_dir: str | os.PathLike[str] | None,
+                 binary: str, timeout: float = 3600.0) -> None:
+        self._tmp = tempfile.TemporaryDirectory(prefix="overlaybd-verify-fsck-", dir=work_dir)
+        self.image = Path(self._tmp.name, "metadata.raw")
+        self.timeout = timeout
         try:
-            written = export_metadata(dev, runs, image)
+            self.written = export_metadata(dev, runs, self.image)
+            self._proc = subprocess.Popen([binary, "-fn", str(self.image)], stdout=subprocess.PIPE,
+                                          stderr=subprocess.STDOUT, env=_ENV)
         except OSError as exc:
-            raise VerifyError(f"cannot write the metadata export for e2fsck in {tmp}: {exc.strerror or exc}") from None
+            self._tmp.cleanup()
+            raise VerifyError(f"e2fsck could not run on the metadata export in {self._tmp.name}: "
+                              f"{exc.strerror or exc}") from None
+
+    def wait(self) -> FsckResult:
         try:
-            proc = subprocess.run([binary, "-fn", str(image)], capture_output=True, env=_ENV,
-                                  timeout=timeout, check=False)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise VerifyError(f"e2fsck could not run: {exc}") from None
-    text = (proc.stdout + proc.stderr).decode("utf-8", "replace").replace(str(image), "image")
-    if proc.returncode >= 8:
-        raise VerifyError(f"e2fsck failed (exit {proc.returncode}): {' / '.join(text.strip().splitlines()[-2:])}")
-    problems = parse_output(text) if proc.returncode else []
-    return FsckResult(True, proc.returncode, problems, written)
+            out, _ = self._proc.communicate(timeout=self.timeout)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.communicate()
+            raise VerifyError(f"e2fsck did not finish within {self.timeout:.0f} s") from None
+        finally:
+            self._tmp.cleanup()
+        text = out.decode("utf-8", "replace").replace(str(self.image), "image")
+        code = self._proc.returncode
+        if code >= 8:
+            raise VerifyError(f"e2fsck failed (exit {code}): {' / '.join(text.strip().splitlines()[-2:])}")
+        return FsckResult(True, code, parse_output(text) if code else [], self.written)
+
+    def cancel(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+        self._tmp.cleanup()

@@ -18,6 +18,7 @@ metadata-only export that e2fsck runs on (:mod:`.e2fsck`).
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 
 from overlaybd_provider.ext4 import layout as L
 from overlaybd_provider.verify import bitset as B
@@ -64,6 +65,7 @@ class Checker:
         self.limits: list[str] = []
         self.inodes_in_use = 0
         self._dups = 0
+        self._on_file: Callable[[InodeRec, FileMap], None] | None = None
 
     def bad(self, text: str) -> None:
         self.findings.problem(text)
@@ -90,7 +92,10 @@ class Checker:
             self.claim(p, n, owner, export=data_is_meta)
 
     # -- pass 1 ------------------------------------------------------------------------------------
-    def scan(self) -> None:
+    def scan(self, on_file: Callable[[InodeRec, FileMap], None] | None = None) -> None:
+        """Pass 1; ``on_file(rec, map)`` is called for every in-use regular file (content hashing
+        in inode order, i.e. in the order the data lies on the device)."""
+        self._on_file = on_file
         r, geo = self.r, self.r.geo
         if r.gdt_csum:
             self.limits.append("uninit_bg: uninitialised block bitmaps are not compared")
@@ -200,6 +205,8 @@ class Checker:
                 last_init = max((lb + n - 1 for lb, _p, n, init in fm.extents if init), default=-1)
                 if last_init >= 0 and rec.size < last_init * BLOCK:
                     self.bad(f"inode {ino} has i_size {rec.size} but blocks up to logical {last_init}")
+                if self._on_file is not None:
+                    self._on_file(rec, fm)
         elif ft == L.S_IFLNK:
             self._symlink(rec, ea)
         elif ft in _DEVICE_TYPES:

@@ -15,6 +15,7 @@ import hashlib
 import itertools
 import logging
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
@@ -30,7 +31,7 @@ from overlaybd_provider.formats.lsmt_index import ZERO_UUID
 from overlaybd_provider.formats.stack import LayerStack
 from overlaybd_provider.oci.options import RegistryOptions
 from overlaybd_provider.verify import e2fsck as fsck_tool
-from overlaybd_provider.verify.compare import TreeComparer
+from overlaybd_provider.verify.compare import ContentHashes, TreeComparer
 from overlaybd_provider.verify.device import BlockDevice, ByteDevice
 from overlaybd_provider.verify.errors import CorruptImageError, SourceLayerError, VerifyError
 from overlaybd_provider.verify.ext4read import Ext4Reader
@@ -111,28 +112,43 @@ def chain_warnings(stack: LayerStack) -> list[str]:
 
 def verify_layers(layers: Sequence[SourceLayer | tuple], device: ByteDevice, options: VerifyOptions | None = None, *,
                   platform: str = "", source_digest: str = "", image_digest: str = "") -> PlatformReport:
-    """Verify a merged device (a layer stack, or a raw disk) against source layer tars."""
+    """Verify a merged device (a layer stack, or a raw disk) against source layer tars.
+
+    The image's pass 1 (and, without sampling, the hashing of every file's content in inode order)
+    runs in a thread while the source model is built: building it mostly waits for the gzip/zstd
+    decoder process. e2fsck then runs on the metadata export while the trees are compared."""
     options = options or VerifyOptions()
     started = time.monotonic()
     findings = Findings(options.keep)
     report = PlatformReport(platform, source_digest, image_digest, findings, layers=len(layers))
-    tree = build_source(layers, options.sample)
-    t_source = time.monotonic() - started
     dev = BlockDevice(device)
     try:
         reader = Ext4Reader(dev)
     except CorruptImageError as exc:
+        build_source(layers, options.sample)  # the source must still be readable
         findings.problem(str(exc))
         report.structural = {"checked": False, "reason": str(exc)}
         report.seconds = time.monotonic() - started
         return report
     checker = Checker(reader, findings)
-    checker.scan()
-    stats = TreeComparer(reader, checker, findings).run(tree.root, link_groups(tree.root))
+    hashes = ContentHashes(reader) if options.sample >= 1 else None
+    scan = _Background(lambda: checker.scan(on_file=hashes))
+    try:
+        tree = build_source(layers, options.sample)
+    finally:
+        scan.join()
+    t_source = time.monotonic() - started
+    fsck_run = _start_e2fsck(dev, checker, options)
+    try:
+        stats = TreeComparer(reader, checker, findings, hashes).run(tree.root, link_groups(tree.root))
+    except BaseException:
+        if isinstance(fsck_run, fsck_tool.E2fsckRun):
+            fsck_run.cancel()
+        raise
     structural_problems = findings.counts.get("filesystem", 0)
     report.structural = {"checked": True, "problems": structural_problems, "limits": checker.limits,
                          "inodes_in_use": checker.inodes_in_use}
-    report.e2fsck = _e2fsck(dev, checker, findings, options)
+    report.e2fsck = _finish_e2fsck(fsck_run, findings)
     report.stats = {
         "paths": stats.paths, "files_hashed": stats.files_hashed, "bytes_hashed": stats.bytes_hashed,
         "source_entries": tree.entries, "source_bytes_hashed": tree.hashed_bytes, "sample": options.sample,
@@ -142,7 +158,29 @@ def verify_layers(layers: Sequence[SourceLayer | tuple], device: ByteDevice, opt
     return report
 
 
-def _e2fsck(dev: BlockDevice, checker: Checker, findings: Findings, options: VerifyOptions) -> fsck_tool.FsckResult:
+class _Background:
+    """Run ``fn`` in a thread; :meth:`join` re-raises what it raised."""
+
+    def __init__(self, fn: Callable[[], None]) -> None:
+        self._error: BaseException | None = None
+
+        def target() -> None:
+            try:
+                fn()
+            except BaseException as exc:  # re-raised in the caller's thread
+                self._error = exc
+
+        self._thread = threading.Thread(target=target, name="verify-pass1", daemon=True)
+        self._thread.start()
+
+    def join(self) -> None:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+
+def _start_e2fsck(dev: BlockDevice, checker: Checker,
+                  options: VerifyOptions) -> fsck_tool.E2fsckRun | fsck_tool.FsckResult:
     if options.fsck == "never":
         return fsck_tool.FsckResult(False, reason="--fsck never")
     binary = fsck_tool.find_e2fsck()
@@ -150,8 +188,12 @@ def _e2fsck(dev: BlockDevice, checker: Checker, findings: Findings, options: Ver
         if options.fsck == "always":
             raise VerifyError("--fsck always: e2fsck is not installed (install e2fsprogs)")
         return fsck_tool.FsckResult(False, reason="e2fsck not installed: structural checks only")
-    result = fsck_tool.run_e2fsck(dev, checker.export_runs, work_dir=options.work_dir, binary=binary,
-                                  timeout=options.e2fsck_timeout)
+    return fsck_tool.E2fsckRun(dev, checker.export_runs, work_dir=options.work_dir, binary=binary,
+                               timeout=options.e2fsck_timeout)
+
+
+def _finish_e2fsck(run: fsck_tool.E2fsckRun | fsck_tool.FsckResult, findings: Findings) -> fsck_tool.FsckResult:
+    result = run.wait() if isinstance(run, fsck_tool.E2fsckRun) else run
     for line in result.problems:
         findings.problem(f"e2fsck: {line}")
     if result.exit_code and not result.problems:
