@@ -44,6 +44,8 @@ from overlaybd_provider.verify.source import SourceTree, link_groups
 log = logging.getLogger(__name__)
 
 FSCK_MODES = ("auto", "always", "never")
+
+
 class SourceLayer(NamedTuple):
     """One source layer; plain ``(name, open, diff_id)`` tuples work as well."""
 
