@@ -129,7 +129,8 @@ def _damage(kind: str, blobs: list[Path], raw: Path) -> dict[int, bytes]:
 
 CASES = {
     # kind: (our structural finding, e2fsck's message)
-    "block-bitmap": (r"block bitmap differences in group 0: 1 in use but marked free", r"Block bitmap differences:\s+\+"),
+    "block-bitmap": (r"block bitmap differences in group 0: 1 in use but marked free \(first \d+\)",
+                     r"Block bitmap differences:\s+\+\d+"),
     "free-count": (r"free blocks count wrong for group 0 \(\d+, counted=\d+\)",
                    r"Free blocks count wrong for group #0 \(\d+, counted=\d+\)"),
     "link-count": (r"inode \d+ ref count is 2, should be 1", r"Inode \d+ ref count is 2, should be 1"),
@@ -169,6 +170,14 @@ def test_damaged_metadata_is_caught_and_e2fsck_agrees(kind: str, feature_images,
     export_stack([*blobs[:-1], damaged_top], raw)
     rc, text = e2fsck(raw)
     assert rc == 4 and re.search(theirs, text), text
+
+    if kind != "htree-leaf":  # one structural finding per e2fsck problem, the same numbers
+        assert len(problems) == len(re.findall(r"^(?!Pass |e2fsck |Fix\? |.*\*{5}|.* files \()\S.*$", text,
+                                              re.M)), (problems, text)
+    if kind in ("free-count", "link-count"):  # and the same numbers (inode, counts)
+        numbers = lambda text: sorted(re.findall(r"\d+", text))  # noqa: E731
+        theirs_lines = [ln for ln in text.splitlines() if re.search(CASES[kind][1], ln)]
+        assert numbers(" ".join(problems)) == numbers(" ".join(theirs_lines)), (problems, text)
 
     both = verify_cli(src, wrong, "--fsck", "always", "--json")
     assert both.returncode == 1

@@ -7,7 +7,8 @@
 * passes 2-4 (driven by the tree walk in :mod:`.compare`): directory blocks and htrees
   (:mod:`.dirs`), '.'/'..', entry file types, connectivity and link counts;
 * pass 5 (:meth:`Checker.finish`): block and inode bitmaps against the claims, padding bits,
-  free block/inode and directory counts per group and in the superblock.
+  free block/inode counts (against the on-disk bitmaps, like ``e2fsck -n``) and directory counts
+  per group and in the superblock.
 
 Claims are bitmaps over the whole filesystem (2 MiB for 64 GiB). Inode-table blocks that no
 layer stores are never read: they are zero, i.e. free inodes. The blocks e2fsck would read
@@ -306,32 +307,37 @@ class Checker:
         self._pass5()
 
     def _pass5(self) -> None:
+        """Bitmaps against the claims; free counts against the on-disk bitmaps, as ``e2fsck -n``
+        counts them (so a wrong bitmap also shows as the count it implies), directories against
+        the directories found."""
         r, geo = self.r, self.r.geo
         free_blocks = free_inodes = 0
+        full = (1 << (BLOCK * 8)) - 1
         for g, gd in enumerate(r.groups):
             size = geo.group_size(g)
             start = geo.group_start(g)
-            claimed = B.as_int(self.claims, start, size)
-            gfree = size - claimed.bit_count()
-            free_blocks += gfree
-            full = (1 << (BLOCK * 8)) - 1
+            counted = B.as_int(self.claims, start, size)
             if r.in_fs(gd.block_bitmap) and not (r.gdt_csum and gd.flags & BG_BLOCK_UNINIT):
                 disk = int.from_bytes(r.dev.block(gd.block_bitmap), "little")
-                self._bitmap_diff("block", g, start, disk & ((1 << size) - 1), claimed)
+                self._bitmap_diff("block", g, start, disk & ((1 << size) - 1), counted)
                 if disk | ((1 << size) - 1) != full:
                     self.bad(f"group {g}: padding at the end of the block bitmap is not set")
+                counted = disk & ((1 << size) - 1)
+            gfree = size - counted.bit_count()
+            free_blocks += gfree
             if gd.free_blocks_count != gfree:
                 self.bad(f"free blocks count wrong for group {g} ({gd.free_blocks_count}, counted={gfree})")
             base = g * geo.ipg
             used = B.as_int(self.inuse, base, geo.ipg)
-            gfree_i = geo.ipg - used.bit_count()
-            free_inodes += gfree_i
             ndirs = B.as_int(self.dirs, base, geo.ipg).bit_count()
             if r.in_fs(gd.inode_bitmap) and not (r.gdt_csum and gd.flags & BG_INODE_UNINIT):
                 disk = int.from_bytes(r.dev.block(gd.inode_bitmap), "little")
                 self._bitmap_diff("inode", g, base + 1, disk & ((1 << geo.ipg) - 1), used)
                 if disk | ((1 << geo.ipg) - 1) != full:
                     self.bad(f"group {g}: padding at the end of the inode bitmap is not set")
+                used = disk & ((1 << geo.ipg) - 1)
+            gfree_i = geo.ipg - used.bit_count()
+            free_inodes += gfree_i
             if gd.free_inodes_count != gfree_i:
                 self.bad(f"free inodes count wrong for group {g} ({gd.free_inodes_count}, counted={gfree_i})")
             if gd.used_dirs_count != ndirs:
