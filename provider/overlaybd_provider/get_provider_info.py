@@ -94,6 +94,7 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": [
                     "overlaybd_provider.operators.stages",
                     "overlaybd_provider.operators.convert",
+                    "overlaybd_provider.operators.verify",
                 ],
             }
         ],

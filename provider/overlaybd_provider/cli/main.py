@@ -27,6 +27,7 @@ SUBCOMMAND_MODULES = (
     "zfile",
     "apply",
     "convert",
+    "verify",
 )
 
 

@@ -10,6 +10,7 @@ from overlaybd_provider.operators.stages import (
     OverlaybdRecordOperator,
     ZFileCompressOperator,
 )
+from overlaybd_provider.operators.verify import OverlaybdVerifyOperator
 
 __all__ = [
     "Ext4LayerBuildOperator",
@@ -17,5 +18,6 @@ __all__ = [
     "OverlaybdPullOperator",
     "OverlaybdPushOperator",
     "OverlaybdRecordOperator",
+    "OverlaybdVerifyOperator",
     "ZFileCompressOperator",
 ]
