@@ -51,7 +51,7 @@ check_services() {
   command -v mariadb >/dev/null || command -v mysql >/dev/null || die "the mariadb/mysql client is missing"
   psql -h "$pg_host" -p "$pg_port" -U postgres -tAc "select 1" >/dev/null 2>&1 \
     || die "PostgreSQL does not answer on $PG as user postgres (start it: pg_ctlcluster --skip-systemctl-redirect \$(ls /etc/postgresql) main start)"
-  "$PY" - "$REDIS" <<'EOF' || die "Redis does not answer at $REDIS (start it: redis-server --daemonize yes --port 6379)"
+  "$PY" - "$REDIS" 2>/dev/null <<'EOF' || die "Redis does not answer at $REDIS (start it: redis-server --daemonize yes --port 6379)"
 import sys, redis
 redis.Redis.from_url(sys.argv[1], socket_timeout=3).ping()
 EOF

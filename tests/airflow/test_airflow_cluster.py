@@ -233,3 +233,30 @@ def test_a_worker_killed_mid_build_is_retried_on_the_other(cluster, registry, tm
         judge_image(registry, "obd/c-kill", "obd", tmp_path)
     finally:
         cluster.run("up")  # idempotent: restarts the killed worker
+
+
+def test_up_names_a_missing_service_in_one_line(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+    env.update({"OVERLAYBD_CLUSTER_DIR": str(tmp_path / "c"), "OVERLAYBD_CLUSTER_REDIS": f"redis://127.0.0.1:{free_port()}/0",
+                "OVERLAYBD_CLUSTER_NAME": f"obd_missing{os.getpid()}"})
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "cluster.sh"), "up"], env=env, cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("cluster: Redis does not answer at redis://127.0.0.1:"), lines
+    assert not (tmp_path / "c" / "pids").exists() or not any((tmp_path / "c" / "pids").iterdir())
+
+
+def test_down_stops_exactly_what_up_started(cluster):
+    """Runs last in this module: every process `up` started is gone, nothing else was touched."""
+    pids = {p.stem: int(p.read_text().split()[0]) for p in (cluster.root / "cluster" / "pids").glob("*.pid")}
+    assert {"api-server", "scheduler", "dag-processor", "triggerer", "worker-1", "worker-2"} <= set(pids)
+    bystander = subprocess.Popen(["sleep", "300"])  # a process of ours that `down` must leave alone
+    try:
+        cluster.run("down")
+        for name, pid in pids.items():
+            assert not Path(f"/proc/{pid}").exists() or b"zombie" in Path(f"/proc/{pid}/status").read_bytes(), name
+        assert bystander.poll() is None
+        cluster.run("down")  # idempotent: a second down finds nothing to stop and succeeds
+    finally:
+        bystander.kill()

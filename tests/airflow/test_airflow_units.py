@@ -215,3 +215,34 @@ def test_dag_structure_params_and_limits():
     assert tasks["convert.record"].upstream_task_ids == {"convert.push"}
     assert set(tasks["convert.pull"].template_fields) >= {"source", "destination", "platforms", "block_size_kb"}
     assert nightly.doc_md and "On call" in nightly.doc_md
+
+
+def test_error_hints_name_the_connection_extra_in_airflow_and_the_flag_in_the_cli(tls_registry):
+    """A TLS mismatch says what to change where the user is: the CLI flag, or the connection extra."""
+    import logging
+
+    from overlaybd_provider.engine.options import ConvertOptions, OptionsError
+    from overlaybd_provider.errors import message_for
+    from overlaybd_provider.oci.errors import TLSError
+    from overlaybd_provider.oci.options import RegistryOptions
+    from overlaybd_provider.oci.store import open_store
+    from overlaybd_provider.operators.failures import TaskError, engine_errors
+
+    plain = RegistryOptions(plain_http=False, max_retries=0)
+    store, ref = open_store(f"{tls_registry.host.replace('127.0.0.1', 'localhost')}/x/y:1", plain)
+    try:
+        with pytest.raises(TLSError) as err:
+            store.resolve(ref.target)
+    finally:
+        store.close()
+    assert "pass --tlscacert" in message_for(err.value, "cli")
+    airflow_text = message_for(err.value, "airflow")
+    assert "extra ca_cert" in airflow_text and "--tlscacert" not in airflow_text
+    with pytest.raises(TaskError) as task_err, engine_errors(logging.getLogger("t"), "pull x"):
+        raise err.value
+    assert "extra ca_cert" in str(task_err.value) and not task_err.value.retryable
+    with pytest.raises(OptionsError) as opt:
+        ConvertOptions(block_size_kb=64)
+    assert message_for(opt.value, "cli").startswith("--bs 64 is not offered")
+    assert message_for(opt.value, "airflow").startswith("block_size_kb 64 is not offered")
+    assert "use block_size_kb 32 or less" in message_for(opt.value, "airflow")
