@@ -118,6 +118,8 @@ write_settings() {
     echo "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=postgresql+psycopg2://$NAME:$PG_PASSWORD@$pg_host:$pg_port/$NAME"
     echo "AIRFLOW__CELERY__RESULT_BACKEND=db+postgresql+psycopg2://$NAME:$PG_PASSWORD@$pg_host:$pg_port/$NAME"
     echo "AIRFLOW__CELERY__BROKER_URL=$REDIS"
+    # every Celery key of this cluster carries its name: two clusters may share one Redis database
+    echo "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__GLOBAL_KEYPREFIX=$NAME:"
     echo "AIRFLOW__API__HOST=127.0.0.1"
     echo "AIRFLOW__API__PORT=$PORT"
     echo "AIRFLOW__API__BASE_URL=http://127.0.0.1:$PORT"
@@ -240,8 +242,8 @@ up() {
   make_secrets
   create_databases
   write_settings
-  if ! alive scheduler; then  # a fresh start: no Celery messages of an earlier cluster
-    "$PY" -c "import sys, redis; redis.Redis.from_url(sys.argv[1]).flushdb()" "$REDIS"
+  if ! alive scheduler; then  # a fresh start: no Celery messages of an earlier run of this cluster
+    forget_broker_keys
   fi
   say "migrating the metadata database ($NAME on $PG)"
   airflow_cli "$CLUSTER/control" db migrate > "$LOGS/db-migrate.log" 2>&1 \
@@ -264,6 +266,16 @@ uvicorn.run(create_app(), host='127.0.2.$n', port=$LOG_PORT, log_config=None, ac
   done
   wait_healthy
   say "up: $WORKERS worker(s) on queues $queues; Airflow at http://127.0.0.1:$PORT (admin / see $CLUSTER/env)"
+}
+
+forget_broker_keys() {  # this cluster's keys only (prefix NAME:), never another cluster's
+  "$PY" - "$REDIS" "$NAME:" <<'EOF'
+import sys
+import redis
+r = redis.Redis.from_url(sys.argv[1])
+for key in r.scan_iter(match=sys.argv[2] + "*", count=500):
+    r.delete(key)
+EOF
 }
 
 stop_one() {  # stop_one NAME: SIGTERM its session, then SIGKILL after 20 s
@@ -297,7 +309,7 @@ down() {
     psql -h "$pg_host" -p "$pg_port" -U postgres -tAqc "drop role if exists $NAME" || true
     mysql_client -h "$my_host" -P "$my_port" -uroot -e \
       "DROP DATABASE IF EXISTS \`${NAME}_dedup\`; DROP USER IF EXISTS '$NAME'@'%';" || true
-    "$PY" -c "import sys, redis; redis.Redis.from_url(sys.argv[1]).flushdb()" "$REDIS" || true
+    forget_broker_keys || true
     rm -rf "$CLUSTER"
     say "purged $CLUSTER and its databases"
   fi
