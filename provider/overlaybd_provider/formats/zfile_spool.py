@@ -291,8 +291,11 @@ class CompressedSpool:
                 self._pid = 0
                 os.close(self._job_w)
                 os.close(self._ack_r)
-                self._proc.kill()  # every job was answered (or is abandoned): no need to wait for it
-                self._proc.wait()
+                try:  # the closed job pipe ends the worker at once (a job still running: ms)
+                    self._proc.wait(2)
+                except subprocess.TimeoutExpired:
+                    self._proc.kill()
+                    self._proc.wait()
                 ring, self._ring = self._ring, None
                 try:
                     ring.close()
