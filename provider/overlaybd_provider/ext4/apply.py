@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import stat
 import tempfile
 import time
 from collections.abc import Sequence
@@ -114,7 +115,8 @@ def apply_to_stack(lower: LowerStack | None, tar: BinaryIO, out: BinaryIO, *, vs
         if algorithm not in ALGORITHMS:
             raise ValueError(f"unknown ZFile algorithm {algorithm!r} (use lz4 or zstd)")
         compressor = BatchCompressor(ALGORITHMS[algorithm], BLOCK_SIZE, zstd_threads=min(2, os.cpu_count() or 1))
-    dev = OverlayBlockDevice(lower, block_count=vsize // BLOCK_SIZE, spool_dir=spool_dir, compressor=compressor)
+    dev = OverlayBlockDevice(lower, block_count=vsize // BLOCK_SIZE, spool_dir=spool_dir, compressor=compressor,
+                             expect_bytes=_file_size(tar))
     try:
         if lower is None:
             opts = mkfs_options if isinstance(mkfs_options, MkfsOptions) else MkfsOptions.parse(mkfs_options)
@@ -164,6 +166,15 @@ def apply_to_stack(lower: LowerStack | None, tar: BinaryIO, out: BinaryIO, *, vs
         raise
     dev.close()
     return StackApplyStats(blocks, stats, counter.count, compression, vsize, digest, size)
+
+
+def _file_size(f: BinaryIO) -> int | None:
+    """Bytes left in ``f`` when it is a regular file (a hint: start the compressor at once)."""
+    try:
+        st = os.fstat(f.fileno())
+        return st.st_size - f.tell() if stat.S_ISREG(st.st_mode) else None
+    except (OSError, AttributeError, ValueError):
+        return None
 
 
 def _close_quietly(obj: object) -> None:

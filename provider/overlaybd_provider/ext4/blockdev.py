@@ -83,7 +83,7 @@ class OverlayBlockDevice:
 
     def __init__(self, lower: LowerStack | None, *, block_count: int | None = None,
                  spool_dir: str | None = None, compressor: BatchCompressor | None = None,
-                 turbo: bool = False) -> None:
+                 turbo: bool = False, expect_bytes: int | None = None) -> None:
         self.lower = lower
         self.turbo = turbo  # TurboOCI build: regular file data is mapped to the source (map_target)
         if block_count is None:
@@ -117,7 +117,7 @@ class OverlayBlockDevice:
 
             if compressor.block_size != BLOCK_SIZE:
                 raise ValueError("the spool compressor must use 4 KiB blocks")
-            self._zs = CompressedSpool(compressor, spool_dir=spool_dir)
+            self._zs = CompressedSpool(compressor, spool_dir=spool_dir, expect_bytes=expect_bytes)
 
     # -- reads -----------------------------------------------------------------------------
     def _flush_pending(self) -> None:
@@ -283,6 +283,20 @@ class OverlayBlockDevice:
             self.write_blocks(n, buf)
             return
         self._add_run(n, count, self._zs.append_from(nbytes, fill))
+
+    def write_padded(self, n: int, data: bytes | memoryview) -> None:
+        """Write ``data`` (zero-padded to whole blocks) at block ``n``: :meth:`write_blocks_from`
+        for bytes already in memory, with one copy into the compressor's ring."""
+        count = -(-len(data) // BLOCK_SIZE)
+        if count == 0:
+            return
+        self._check_range(n, count)
+        if self._zs is None or self._overlaps_upper(n, count):
+            buf = bytearray(count * BLOCK_SIZE)
+            buf[:len(data)] = data
+            self.write_blocks(n, buf)
+            return
+        self._add_run(n, count, self._zs.append_padded(data))
 
     def _add_run(self, n: int, count: int, slot: int) -> None:
         """Record fresh blocks ``n .. n+count-1`` at spool slot ``slot`` (merged with the run before)."""

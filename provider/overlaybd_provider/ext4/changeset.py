@@ -156,6 +156,7 @@ class ChangesetApplier:
         self._times_of: tarfile.TarInfo | None = None  # the entry _times last looked at
         self._times_val = (0, 0)
         self.first_clamped: tuple[str, int] | None = None  # (entry, its mtime) for the warning
+        self._take = lambda ti: None  # set by apply_tar: the reader's take_buffered, when it has one
 
     # -- bookkeeping ---------------------------------------------------------------------
     def _keep(self, path: Path) -> int:
@@ -322,6 +323,9 @@ class ChangesetApplier:
             if ti.size and fs.dev.turbo and getattr(ti, "sparse", None) is None:
                 fs.map_target_data(inode, ti.offset_data, ti.size)  # TurboOCI: data stays in the source
                 self.stats.data_bytes += ti.size
+            elif ti.size and (data := self._take(ti)) is not None:
+                fs.write_buffered(inode, data)  # a small file still in the tar buffer: one copy
+                self.stats.data_bytes += ti.size
             elif ti.size:
                 src = tf.extractfile(ti)
                 if src is None:
@@ -372,6 +376,9 @@ def apply_tar(fs: Filesystem, tf: tarfile.TarFile, *, name: str = "layer") -> Ap
     file) is for the one warning about clamped times."""
     ns = Namespace(fs)
     applier = ChangesetApplier(fs, ns)
+    take = getattr(tf, "take_buffered", None)
+    if take is not None:
+        applier._take = take
     last = "<start of archive>"
     current = None  # the entry being applied (its data is being read)
     try:

@@ -264,6 +264,20 @@ class Filesystem:
         inode.size = size
         self.set_extents(inode, split_runs(runs))
 
+    def write_buffered(self, inode: Inode, data: memoryview) -> None:
+        """:meth:`write_data` for file data already in memory (a small file in the tar buffer)."""
+        size = len(data)
+        runs = self.alloc.alloc_blocks(-(-size // L.BLOCK_SIZE))
+        if len(runs) == 1:
+            self.dev.write_padded(runs[0][0], data)
+        else:
+            pos = 0
+            for start, count in runs:
+                self.dev.write_padded(start, data[pos:pos + count * L.BLOCK_SIZE])
+                pos += count * L.BLOCK_SIZE
+        inode.size = size
+        self.set_extents(inode, split_runs(runs))
+
     def map_target_data(self, inode: Inode, target_offset: int, size: int) -> None:
         """TurboOCI: give the file ``size`` bytes of fresh contiguous blocks that map to the
         source layer at ``target_offset`` (its data offset in the uncompressed tar) instead

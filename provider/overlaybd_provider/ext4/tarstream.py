@@ -15,6 +15,7 @@ import logging
 import re
 import tarfile
 from typing import BinaryIO
+from zlib import adler32 as _adler32
 
 from overlaybd_provider.ext4.errors import LayerTarError
 from overlaybd_provider.ext4.layerdecode import decompressed
@@ -163,6 +164,7 @@ _PAX_RECORD = re.compile(rb"(\d+) ([^=]+)=")  # tarfile's own record pattern
 _PAX_NUMBERS = {"mtime": float, "uid": int, "gid": int, "size": int}  # pax fields tarfile applies
 _PAX_FAST_MAX = 1 << 16
 _ERRORS = "surrogateescape"
+_NO_DEVICE = frozenset((b"0000000\0" * 2, bytes(16)))  # devmajor/devminor of every non-device entry
 
 
 def _number(field: bytes) -> int:
@@ -186,7 +188,12 @@ def _text(field: bytes) -> str:
 
 
 def _checksum(h: bytes) -> None:
-    if _stored_checksum(h[148:156]) != 256 + sum(h) - sum(h[148:156]):
+    # the unsigned byte sum, from adler32's low half (1 + sum mod 65521: exact for 256 bytes)
+    field = h[148:156]
+    computed = 256 + (_adler32(h[:256]) & 0xFFFF) + (_adler32(h[256:]) & 0xFFFF) - 2 - sum(field)
+    if field == b"%06o\0 " % computed:  # how tar writers store it: no need to parse the field
+        return
+    if _stored_checksum(field) != computed:
         raise _Slow  # maybe a signed-char checksum, or a corrupt header: the full parser decides
 
 
@@ -211,8 +218,11 @@ def _parse_plain(h: bytes, cls: type[TarMember] = TarMember) -> TarMember:
         m.size = _number(h[124:136])
         m.mtime = _number(h[136:148])
     m.linkname = _text(h[157:257]) if h[157] else ""
-    m.devmajor = _number(h[329:337])
-    m.devminor = _number(h[337:345])
+    if h[329:345] in _NO_DEVICE:
+        m.devmajor = m.devminor = 0
+    else:
+        m.devmajor = _number(h[329:337])
+        m.devminor = _number(h[337:345])
     if kind == tarfile.AREGTYPE and name.endswith("/"):
         kind = tarfile.DIRTYPE
     if kind == tarfile.DIRTYPE:
@@ -470,6 +480,18 @@ class TarReader:
                             f"(an archive ends with two)")
 
     # -- member data ---------------------------------------------------------------------------
+    def take_buffered(self, member: TarMember | tarfile.TarInfo) -> memoryview | None:
+        """The data of a plain member when the buffer holds all of it and the reader stands at
+        its start (small files: the usual case), as a view of the buffer, which is moved past it;
+        None otherwise (then use :meth:`extractfile`)."""
+        if not isinstance(member, TarMember):
+            return None
+        pos, size = self._pos, member.size
+        if self._base + pos != member.offset_data or len(self._buf) - pos < size:
+            return None
+        self._pos = pos + size
+        return memoryview(self._buf)[pos:pos + size]
+
     def extractfile(self, member: TarMember | tarfile.TarInfo) -> _MemberData | tarfile.ExFileObject:
         if isinstance(member, TarMember):
             return _MemberData(self, member.offset_data, member.size, member.name)

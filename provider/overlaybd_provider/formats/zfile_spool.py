@@ -40,9 +40,14 @@ log = logging.getLogger(__name__)
 
 RING_BYTES = 8 << 20  # 8 jobs in flight; small, so its pages stay hot
 JOB_BYTES = 1 << 20
-ASSIST_BACKLOG = 2  # worker jobs in flight before the parent compresses a full job itself
+ASSIST_BACKLOG = RING_BYTES // JOB_BYTES - 1  # the parent compresses a full job itself only when
+# the ring is full (the worker is behind): before that its time goes to the tar and ext4 work,
+# which is the longer of the two on every layer but one big file
 WORKER_AFTER_BYTES = 8 << 20  # an automatic worker starts once this much was appended: small
 # layers finish inline before a fresh interpreter would even be ready
+
+
+_ZEROS = memoryview(bytes(64 << 10))
 
 
 def region_bytes(nblocks: int, block_size: int) -> int:
@@ -55,7 +60,10 @@ class CompressedSpool:
     bytes once :meth:`sync` has returned."""
 
     def __init__(self, compressor: BatchCompressor, *, spool_dir: str | None = None,
-                 worker: bool | None = None) -> None:
+                 worker: bool | None = None, expect_bytes: int | None = None) -> None:
+        """``expect_bytes``: how much raw data the caller expects to append (e.g. the size of the
+        layer file); an automatic worker starts at once when it is at least ``WORKER_AFTER_BYTES``,
+        so the fresh interpreter gets ready while the caller is still setting up."""
         self.compressor = compressor
         self.block_size = compressor.block_size
         self._file = tempfile.TemporaryFile(dir=spool_dir, prefix="ext4-upper-z-")  # noqa: SIM115
@@ -72,6 +80,8 @@ class CompressedSpool:
             worker = env_choice("OVERLAYBD_SPOOL_WORKER")
         self._auto = worker is None and spare_core()
         self._appended = 0  # raw bytes, for the automatic start
+        if self._auto and expect_bytes is not None and expect_bytes >= WORKER_AFTER_BYTES:
+            self._auto, worker = False, True
         if worker:
             self._start_worker()
 
@@ -257,6 +267,32 @@ class CompressedSpool:
                     view[data:] = bytes(len(view) - data)
         finally:
             pieces.close()  # releases the ring views at once, also when ``fill`` raised
+        return first
+
+    def append_padded(self, data: bytes | memoryview) -> int:
+        """Like :meth:`append_from` for data already in memory (a small file still in the tar
+        reader's buffer): one copy into the ring plus the zero padding of its last block."""
+        n = len(data)
+        bs = self.block_size
+        total = -(-n // bs) * bs
+        if total > JOB_BYTES:
+            mv = memoryview(data)
+            return self.append_from(n, lambda view: view.__setitem__(slice(None), mv[:len(view)]))
+        if not self._use_worker(total):
+            buf = bytearray(total)
+            buf[:n] = data
+            return self._compress_inline(buf)
+        first = self.blocks + self._open_len // bs
+        off = self._reserve(total)
+        if off != self._open_off + self._open_len:
+            raise AssertionError("ring reservation out of order")
+        ring = self._ring
+        ring[off:off + n] = data
+        if total > n:
+            ring[off + n:off + total] = _ZEROS[:total - n]
+        self._open_len += total
+        if self._open_len >= JOB_BYTES:
+            self._send_open()
         return first
 
     @property
