@@ -14,7 +14,7 @@ from pathlib import Path
 
 import proxy
 from layertar import Layer
-from measure import CommandFailed, MissingCommand, overlaybd_cli, require_subcommand, sample
+from measure import CommandFailed, MissingCommand, ensure_bytecode, overlaybd_cli, require_subcommand, sample
 from report import Row
 
 log = logging.getLogger(__name__)
@@ -30,6 +30,7 @@ def apply_cmd(layer: Layer, out: Path, lowers: Sequence[Path], algorithm: str, b
 
 
 def check_apply_layer() -> None:
+    ensure_bytecode()
     require_subcommand("apply-layer", "--lower", "--algorithm", "--bs")
 
 

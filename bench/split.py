@@ -209,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     if py_spy() is None:
         print("bench: py-spy is not installed (pip install py-spy)", file=sys.stderr)
         return 3
+    cases.check_apply_layer()
     data = corpus.build_corpus(args.cache_dir, quick=args.quick, big=args.big)
     todo = {"b-debian": list(data.debian), "c-small": [data.small], "a-mixed": [data.mixed]}
     if data.big is not None:

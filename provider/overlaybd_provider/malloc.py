@@ -12,7 +12,6 @@ the CLI, the worker interpreters, and Airflow tasks running the engine.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 
 __all__ = ["keep_large_buffers"]
@@ -32,7 +31,12 @@ def keep_large_buffers() -> bool:
     if _done:
         return True
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        try:  # glibc's soname: no ``find_library``, which runs ldconfig in a subprocess
+            libc = ctypes.CDLL("libc.so.6")
+        except OSError:
+            from ctypes.util import find_library
+
+            libc = ctypes.CDLL(find_library("c") or "libc.so.6")
         mallopt = libc.mallopt
     except (OSError, AttributeError):
         return False

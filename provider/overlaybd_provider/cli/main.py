@@ -31,7 +31,14 @@ SUBCOMMAND_MODULES = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
+#: the sub-command each module registers: a command line naming one imports only its module
+COMMAND_MODULES = {"inspect": "inspect", "export": "export", "zfile": "zfile", "apply-layer": "apply",
+                   "convert": "convert"}
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every sub-command, or of sub-command ``only`` alone (saves importing the
+    others: a conversion process starts faster)."""
     parser = argparse.ArgumentParser(
         prog="overlaybd",
         description="Convert OCI images to overlaybd and inspect overlaybd layers.",
@@ -39,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
-    for name in SUBCOMMAND_MODULES:
+    for name in (COMMAND_MODULES[only],) if only in COMMAND_MODULES else SUBCOMMAND_MODULES:
         try:
             module = importlib.import_module(f"overlaybd_provider.cli.{name}")
         except ModuleNotFoundError as exc:
@@ -51,8 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(words[0] if words else None)
+    args = parser.parse_args(words)
     keep_large_buffers()
     logging.basicConfig(
         level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,

@@ -148,7 +148,7 @@ class OverlayBlockDevice:
         """Queue whole raw blocks for the z-spool; returns the z-slot of the first one."""
         assert self._zs is not None
         self._flush_pending()
-        return self._zs.append(data)
+        return self._zs.append(data, may_start=False)  # the seal's metadata: a worker would start too late
 
     def zslot_count(self) -> int:
         assert self._zs is not None

@@ -22,7 +22,7 @@ from overlaybd_provider.ext4.errors import Ext4Error
 from overlaybd_provider.ext4.fs import Filesystem
 from overlaybd_provider.ext4.inode import Inode
 from overlaybd_provider.ext4.namespace import KEEP_ALL, KEEP_CHILDREN, KEEP_NONE, DirState, Namespace, Path
-from overlaybd_provider.ext4.tarstream import LayerTarError
+from overlaybd_provider.ext4.tarstream import LayerTarError, TarMember
 
 log = logging.getLogger(__name__)
 
@@ -318,6 +318,11 @@ class ChangesetApplier:
                 what: str) -> None:
         fs = self.fs
         kind = ti.type
+        if type(ti) is TarMember and ti.size and kind in _REGULAR and not fs.dev.turbo:
+            data = self._take(ti)
+            if data is not None:
+                self._small_file(ti, parent, base, what, data)
+                return
         if kind in _REGULAR:
             ino, inode = fs.new_inode(L.S_IFREG | (ti.mode & 0o7777))
             if ti.size and fs.dev.turbo and getattr(ti, "sparse", None) is None:
@@ -354,6 +359,28 @@ class ChangesetApplier:
         self._set_meta(inode, ti, what, chmod=(kind != tarfile.SYMTYPE))
         fs.put_inode(ino, inode)
         self.ns.add_entry(parent, base, ino, ftype)
+
+    def _small_file(self, ti: TarMember, parent: DirState, base: bytes, what: str, data: memoryview) -> None:
+        """:meth:`_create` + :meth:`_set_meta` of a regular file from a plain header (no pax
+        records: no xattrs, ustar times and ids) whose data is in the tar buffer: the bulk of
+        a layer's entries, so the steps are inlined; the inode bytes are the same."""
+        fs = self.fs
+        uid, gid = ti.uid, ti.gid
+        if not (0 <= uid <= ID_MAX and 0 <= gid <= ID_MAX):
+            _owner_id(ti, "uid", what)  # raises the error of the general path
+            _owner_id(ti, "gid", what)
+        ino, inode = fs.new_inode(L.S_IFREG | (ti.mode & 0o7777))
+        fs.write_buffered(inode, data)
+        stats = self.stats
+        stats.data_bytes += ti.size
+        stats.files += 1
+        inode.i_uid, inode.l_i_uid_high = uid & 0xFFFF, uid >> 16
+        inode.i_gid, inode.l_i_gid_high = gid & 0xFFFF, gid >> 16
+        inode.set_times(*self._times(ti, what))
+        inode.l_i_version = 3  # owner, times and mode set, as _set_meta counts them
+        fs.put_inode(ino, inode)
+        parent.entries[base] = (ino, L.FT_REG_FILE)  # Namespace.add_entry
+        parent.dirty = True
 
     # -- end of archive ----------------------------------------------------------------------
     def finish(self) -> None:

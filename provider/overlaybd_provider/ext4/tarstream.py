@@ -371,9 +371,13 @@ class TarReader:
         if self.offset != pos:
             if self.offset < pos:
                 raise LayerTarError(f"tar reader tried to seek back from {pos} to {self.offset}")
-            self.seek(self.offset - 1)
-            if not self.read(1):
-                raise tarfile.ReadError("unexpected end of data")
+            skip = self.offset - pos
+            if skip <= len(self._buf) - self._pos:  # the rest of the member is buffered: it exists
+                self._pos += skip
+            else:
+                self.seek(self.offset - 1)
+                if not self.read(1):
+                    raise tarfile.ReadError("unexpected end of data")
         if not self.pax_headers:
             try:
                 return self._plain()

@@ -11,10 +11,10 @@ import struct
 import threading
 from array import array
 
-import crc32c as _crc32c
 import lz4.block
 import zstandard
 
+from overlaybd_provider.formats.crc import crc32c_std
 from overlaybd_provider.formats.errors import BlockTooLargeError
 from overlaybd_provider.formats.zfile_header import (
     ALGO_LZ4,
@@ -76,7 +76,7 @@ class BatchCompressor:
             )
         if not extra:
             return b"".join(compressed), lengths
-        crc = _crc32c.crc32c
+        crc = crc32c_std
         pack = _U32.pack
         # CRC32C_RAW(c, 100007) == ~crc32c(c, ~100007), inlined for speed
         parts: list[bytes | memoryview] = [b""] * (2 * len(compressed))

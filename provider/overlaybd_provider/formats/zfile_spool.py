@@ -233,10 +233,11 @@ class CompressedSpool:
                 if self._open_len >= JOB_BYTES:
                     self._send_open()
 
-    def append(self, data: bytes | bytearray | memoryview) -> int:
-        """Queue whole raw blocks; returns the index of the first one."""
+    def append(self, data: bytes | bytearray | memoryview, *, may_start: bool = True) -> int:
+        """Queue whole raw blocks; returns the index of the first one. ``may_start=False``: do
+        not start the automatic worker for this (the seal's metadata: too late to pay off)."""
         mv = memoryview(data).cast("B")
-        if not self._use_worker(len(mv)):
+        if not (self._use_worker(len(mv)) if may_start else self._pid):
             return self._compress_inline(mv)
         first = self.blocks + -(-self._open_len // self.block_size)
         pieces = self._ring_pieces(len(mv))
@@ -327,11 +328,8 @@ class CompressedSpool:
                 self._pid = 0
                 os.close(self._job_w)
                 os.close(self._ack_r)
-                try:  # the closed job pipe ends the worker at once (a job still running: ms)
-                    self._proc.wait(2)
-                except subprocess.TimeoutExpired:
-                    self._proc.kill()
-                    self._proc.wait()
+                self._proc.kill()  # every job was answered (or is abandoned): no need to wait for it
+                self._proc.wait()
                 ring, self._ring = self._ring, None
                 try:
                     ring.close()
