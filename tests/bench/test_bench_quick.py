@@ -87,3 +87,63 @@ def test_proxy_stores_exactly_the_zfile_blocks(tmp_path: Path) -> None:
         assert result.out_bytes == len(blocks)
         assert result.digest == hashlib.sha256(blocks).hexdigest()
         assert result.seconds > 0 and result.cpu_seconds > 0
+
+
+@pytest.mark.timeout(300)
+def test_versus_bench_quick_prints_ours_beside_upstream(tmp_path: Path) -> None:
+    """bench/versus.py: every case with our time, size and RSS; upstream's columns filled when
+    the oracle is present (then both blobs exist and the ratio is ours / upstream)."""
+    proc = _run("versus.py", tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("case"))
+    assert lines[header].split() == ["case", "tar", "MB", "ours", "s", "upstream", "s", "ratio", "ours", "RSS", "up",
+                                     "RSS", "ours", "MB", "up", "MB", "size", "ratio", "load", "targets"]
+    rows = {line.split()[0] if not line.startswith("  ") else line.strip()[:7]: line.split()
+            for line in lines[header + 2:] if line.strip() and not line.startswith("(")}
+    assert {"b-debian", "c-small", "a-mixed", "layer 1", "layer 2", "layer 3"} <= set(rows)
+    oracle = (Path(__import__("os").environ.get("OVERLAYBD_SHARED", BENCH.parents[1] / "shared"))
+              / "oracle/bin/oracle-convert.sh").is_file()
+    for case in ("b-debian", "c-small", "a-mixed"):
+        cells = rows[case]
+        assert float(cells[2]) > 0 and float(cells[5]) > 0 and float(cells[7]) > 0  # ours s, ours RSS, ours MB
+        if oracle:
+            ours, theirs, ratio = float(cells[2]), float(cells[3]), float(cells[4])
+            assert theirs > 0 and abs(ratio - ours / theirs) < 0.02
+            assert float(cells[9]) == pytest.approx(float(cells[7]) / float(cells[8]), abs=0.01)
+        else:
+            assert cells[3] == "-" and "no oracle-convert.sh" in " ".join(cells)
+
+
+def test_split_puts_samples_in_the_right_bucket() -> None:
+    """bench/split.py: py-spy frames → buckets (per process kind), independent of line numbers."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        import split
+    finally:
+        sys.path.remove(str(BENCH))
+    conv = 'process 10:"overlaybd apply-layer"'
+    main = "thread (10): MainThread"
+    codec = "overlaybd_provider/formats/zfile_codec.py"
+    raw = "\n".join([
+        f"{conv};{main};apply_tar (overlaybd_provider/ext4/changeset.py:400);_parse_plain (overlaybd_provider/ext4/tarstream.py:210) 7",
+        f"{conv};{main};apply_tar (overlaybd_provider/ext4/changeset.py:400);put_inode (overlaybd_provider/ext4/fs.py:136) 5",
+        f"{conv};{main};<module> (overlaybd:3);_find_and_load (<frozen importlib._bootstrap>:1176) 3",
+        f"{conv};{main};seal_blob (overlaybd_provider/ext4/seal.py:150) 2",
+        f"{conv};thread (11): seal-hash_0;_worker (concurrent/futures/thread.py:83);_WorkItem.run (concurrent/futures/thread.py:58) 4",
+        f'{conv};process 12:"python -m overlaybd_provider.formats.zfile_worker 7";thread (12): MainThread;'
+        f"serve (overlaybd_provider/formats/zfile_worker.py:50);read_exact (overlaybd_provider/formats/zfile_worker.py:25) 9",
+        f'{conv};process 12:"python -m overlaybd_provider.formats.zfile_worker 7";thread (12): MainThread;'
+        f"serve (overlaybd_provider/formats/zfile_worker.py:54);BatchCompressor.compress ({codec}:60) 6",
+    ])
+    path = BENCH / ".split-test.raw"
+    try:
+        path.write_text(raw + "\n")
+        counts = split.split(path)
+    finally:
+        path.unlink(missing_ok=True)
+    assert counts["converter"] == {"tar parse": 7, "ext4 metadata": 5, "start-up": 3, "seal write": 2}
+    assert counts["helper threads"] == {"sha256": 4}
+    assert counts["compressor"] == {"idle": 9, "compression": 6}
+    text = split.format_split("x", counts, 1.0)
+    assert "tar parse" in text and "compressor" in text
