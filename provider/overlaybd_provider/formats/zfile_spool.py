@@ -123,11 +123,13 @@ class CompressedSpool:
         self._region_end += region_bytes(nblocks, self.block_size)
         return first, base
 
-    def _send_open(self) -> None:
+    def _send_open(self, *, here: bool = False) -> None:
+        """Hand the open job to the worker, or compress it here when the worker is behind (or
+        ``here``: the caller would only wait for the worker otherwise)."""
         if not self._open_len:
             return
         first, base = self._new_job(self._open_len)
-        if len(self._inflight) >= ASSIST_BACKLOG and not self._acks_ready():
+        if (here and self._inflight) or (len(self._inflight) >= ASSIST_BACKLOG and not self._acks_ready()):
             # the worker is behind: do this one here (its ring bytes are free again at once)
             with memoryview(self._ring) as ring, ring[self._open_off:self._open_off + self._open_len] as job:
                 stored, lengths = self.compressor.compress(job)
@@ -317,7 +319,7 @@ class CompressedSpool:
     def sync(self) -> None:
         """Wait until every appended block is compressed and on the spool."""
         if self._pid:
-            self._send_open()
+            self._send_open(here=True)  # the last, partial job: done here while the worker drains
             while self._inflight:
                 self._recv_one()
 
