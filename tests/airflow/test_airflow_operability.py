@@ -7,8 +7,12 @@ by a reuse is the recorded build cost."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -174,18 +178,20 @@ def _overlaybd_workers(home: Path) -> list[int]:
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes()
+        try:  # the command line first: cheap, so a tight poll sees a worker that lives 0.1 s
+            if b"zfile_worker" not in (cmdline := (proc / "cmdline").read_bytes()) and b"layerdecode" not in cmdline:
+                continue
             environ = (proc / "environ").read_bytes()
         except OSError:
             continue
-        if (b"zfile_worker" in cmdline or b"layerdecode" in cmdline) and f"AIRFLOW_HOME={home}".encode() in environ:
+        if f"AIRFLOW_HOME={home}".encode() in environ:
             found.append(int(proc.name))
     return found
 
 
 def test_a_task_marked_failed_stops_its_workers_and_cleans_up(live, registry, tmp_path):
     big = {f"data/{i:02d}.bin": bytes([i]) * (1 << 20) + (b"x" * 4096) * 64 for i in range(160)}
+    big.update({f"small/{i // 1000:02d}/{i:05d}": b"%d" % i for i in range(40_000)})  # a longer build
     layout = tmp_path / "layout-kill"
     demo_image.make_image(layout, "v1", [big, {"app/x": b"x"}])
     source = registry.ref("ops/killed", "v1")
@@ -193,9 +199,11 @@ def test_a_task_marked_failed_stops_its_workers_and_cleans_up(live, registry, tm
     run_id = live.trigger("overlaybd_convert", {"source": source, "destination": registry.ref("ops/killed-obd", "obd"),
                                                 "src_registry_conn_id": "reg_ops", "dst_registry_conn_id": "reg_ops"})
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not _overlaybd_workers(live.home):
-        time.sleep(0.2)  # the build is under way once its compressor process runs
-    assert _overlaybd_workers(live.home), live.logs()
+    while time.monotonic() < deadline and not (workers := _overlaybd_workers(live.home)):
+        time.sleep(0.01)  # the build is under way once its compressor process runs
+    assert workers, live.logs()
+    for pid in workers:  # a stuck compressor: the build now waits for it, however fast the machine
+        os.kill(pid, signal.SIGSTOP)
     r = live.api("PATCH", f"/api/v2/dags/overlaybd_convert/dagRuns/{run_id}/taskInstances/convert",
                  json={"new_state": "failed"})
     assert r.status_code == 200, r.text
@@ -209,3 +217,7 @@ def test_a_task_marked_failed_stops_its_workers_and_cleans_up(live, registry, tm
     while time.monotonic() < deadline and work.exists() and any(work.iterdir()):
         time.sleep(0.5)
     assert not work.exists() or not any(work.iterdir()), list(work.iterdir())
+    tagged = urllib.request.Request(f"{registry.url}/v2/ops/killed-obd/manifests/obd", method="HEAD")
+    with pytest.raises(urllib.error.HTTPError) as missing:
+        urllib.request.urlopen(tagged, timeout=10)  # stopped mid-build: nothing was tagged
+    assert missing.value.code == 404
