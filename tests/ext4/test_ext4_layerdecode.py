@@ -170,3 +170,44 @@ def test_killed_converter_leaves_no_worker_behind(tmp_path):
             proc.wait()
     assert not (tmp_path / "out.blob").exists()
 
+
+
+_BOMB_PROBE = r"""
+import io, resource, sys
+from overlaybd_provider.ext4.layerdecode import content_digest, decompressed
+stream, kind = decompressed(open(sys.argv[1], "rb"), worker=sys.argv[2] == "1", digest=True)
+total = 0
+while piece := stream.read(1 << 20):
+    total += len(piece)
+digest = content_digest(stream)
+stream.close()
+peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+print(kind, total, digest, peak // 1024)
+"""
+
+
+@pytest.mark.parametrize("worker", [False, True], ids=["in-process", "child"])
+@pytest.mark.parametrize("kind", ["gzip", "zstd"])
+def test_a_decompression_bomb_decodes_in_bounded_memory(tmp_path, kind, worker):
+    """768 MiB of zeros compress to well under 1 MiB: read whole-chunk-at-a-time (as before) one
+    read of the source expanded to the full 768 MiB in memory. Every step is bounded now."""
+    import hashlib
+    import subprocess
+    import sys
+
+    size = 768 << 20
+    path = tmp_path / f"bomb.{kind}"
+    zeros = bytes(8 << 20)
+    if kind == "gzip":
+        with gzip.GzipFile(path, "wb", compresslevel=9, mtime=0) as f:
+            for _ in range(size // len(zeros)):
+                f.write(zeros)
+    else:
+        with open(path, "wb") as raw, zstandard.ZstdCompressor(level=3).stream_writer(raw) as f:
+            for _ in range(size // len(zeros)):
+                f.write(zeros)
+    assert path.stat().st_size < 1 << 20
+    out = subprocess.run([sys.executable, "-c", _BOMB_PROBE, str(path), "1" if worker else "0"],
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert out[:3] == [kind, str(size), "sha256:" + hashlib.sha256(bytes(size)).hexdigest()]
+    assert int(out[3]) < 160, f"peak RSS {out[3]} MiB decoding a {size >> 20} MiB bomb"

@@ -6,8 +6,9 @@ code holds nearly all the time. So on a multi-core POSIX machine the stream is d
 child interpreter (``python -m overlaybd_provider.ext4.layerdecode gzip|zstd``) fed through one
 pipe and read through another; on one core, for source files under 4 MiB, or with
 ``OVERLAYBD_DECODE_WORKER=0``, in-process. gzip uses ISA-L (python-isal: ~3x zlib on inflate),
-zstd python-zstandard. Either way truncation, corruption and trailing garbage become one
-:class:`LayerTarError` line.
+zstd the standard library's ``compression.zstd`` (``backports.zstd`` before 3.14): both can bound
+the output of one step, so a small "decompression bomb" layer cannot take the memory. Either way
+truncation, corruption and trailing garbage become one :class:`LayerTarError` line.
 
 With ``digest=True`` the decoder also hashes what it produces (the child does it on its own core
 and reports the digest with its verdict), so the caller can check the layer's content against
@@ -28,8 +29,12 @@ import threading
 import zlib
 from typing import BinaryIO
 
-import zstandard
 from isal import isal_zlib
+
+try:  # the standard library's bounded-output zstd decoder (3.14), else its backport
+    from compression import zstd as _zstd  # type: ignore[import-not-found]
+except ImportError:
+    from backports import zstd as _zstd  # type: ignore[no-redef]
 
 from overlaybd_provider.ext4.errors import LayerTarError
 from overlaybd_provider.malloc import keep_large_buffers
@@ -40,6 +45,8 @@ __all__ = ["GZIP_MAGIC", "ZSTD_MAGIC", "content_digest", "decompressed"]
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _CHUNK = 1 << 20
+_STEP_IN = 256 << 10  # compressed bytes per read: the unconsumed tail is copied at every step
+_STEP_OUT = 4 << 20  # most bytes one decode step may produce (a bounded buffer, whatever the ratio)
 _PIPE_BYTES = 1 << 20  # larger pipes: fewer wake-ups between the two processes
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 WORKER_MIN_BYTES = 4 << 20  # a smaller source file is decoded in-process: a fresh interpreter costs more
@@ -56,13 +63,18 @@ def content_digest(stream: BinaryIO) -> str:
 
 
 class _Decoder(io.RawIOBase):
-    """Streaming multi-frame decoder (gzip members / zstd frames) that reports truncation."""
+    """Streaming multi-frame decoder (gzip members / zstd frames) that reports truncation.
+
+    Every step returns at most ``_STEP_OUT`` bytes: a compressed stream is the source's to choose,
+    and 1 MiB of deflate can expand to 1 GiB (zstd: 30 GiB), so output is never asked for in one
+    piece per input chunk."""
 
     kind = ""
 
     def __init__(self, src: BinaryIO, *, digest: bool = False) -> None:
         self._src = src
         self._d = self._new()
+        self._pending = b""  # compressed input handed over but not consumed yet
         self._buf = bytearray()
         self._pos = 0
         self._eof = False
@@ -72,6 +84,18 @@ class _Decoder(io.RawIOBase):
     def _new(self):  # pragma: no cover - overridden
         raise NotImplementedError
 
+    def _step(self) -> bytes | None:  # pragma: no cover - overridden
+        """Up to ``_STEP_OUT`` more bytes (maybe none yet); ``None`` at the clean end."""
+        raise NotImplementedError
+
+    def _next_member(self) -> bytes | None:
+        """After a member/frame ended: whatever follows starts the next one (``None``: the end)."""
+        tail = self._d.unused_data or self._src.read(_STEP_IN)
+        if not tail:
+            return None
+        self._d = self._new()
+        return tail
+
     def _errors(self) -> tuple[type[BaseException], ...]:
         return (zlib.error,)
 
@@ -80,22 +104,15 @@ class _Decoder(io.RawIOBase):
 
     def _fill(self, size: int) -> None:
         while not self._eof and (size < 0 or len(self._buf) - self._pos < size):
-            raw = self._src.read(_CHUNK)
             try:
-                if not raw:
-                    if not self._d.eof:
-                        raise LayerTarError(f"{self.kind} stream is truncated")
-                    self._eof = True
-                    if self._hash is not None:
-                        self.content_digest = "sha256:" + self._hash.hexdigest()
-                    break
-                out = self._d.decompress(raw)
-                while self._d.eof and self._d.unused_data:
-                    rest = self._d.unused_data
-                    self._d = self._new()
-                    out += self._d.decompress(rest)
+                out = self._step()
             except self._errors() as exc:
                 raise LayerTarError(f"corrupt {self.kind} data: {exc}") from None
+            if out is None:
+                self._eof = True
+                if self._hash is not None:
+                    self.content_digest = "sha256:" + self._hash.hexdigest()
+                break
             if self._pos:
                 del self._buf[:self._pos]
                 self._pos = 0
@@ -122,6 +139,23 @@ class _GzipStream(_Decoder):
     def _new(self):
         return isal_zlib.decompressobj(16 + isal_zlib.MAX_WBITS)
 
+    def _step(self) -> bytes | None:
+        if self._d.eof:
+            tail = self._next_member()
+            if tail is None:
+                return None
+            self._pending = tail
+        elif not self._pending:
+            self._pending = self._src.read(_STEP_IN)
+            if not self._pending:
+                out = self._d.decompress(b"", _STEP_OUT)  # output the codec still holds
+                if not out and not self._d.eof:
+                    raise LayerTarError(f"{self.kind} stream is truncated")
+                return out
+        out = self._d.decompress(self._pending, _STEP_OUT)
+        self._pending = b"" if self._d.eof else self._d.unconsumed_tail
+        return out
+
     def _errors(self) -> tuple[type[BaseException], ...]:
         return (zlib.error, isal_zlib.error)
 
@@ -130,10 +164,21 @@ class _ZstdStream(_Decoder):
     kind = "zstd"
 
     def _new(self):
-        return zstandard.ZstdDecompressor().decompressobj()
+        return _zstd.ZstdDecompressor()
+
+    def _step(self) -> bytes | None:
+        if self._d.eof:
+            tail = self._next_member()
+            return None if tail is None else self._d.decompress(tail, _STEP_OUT)
+        if not self._d.needs_input:
+            return self._d.decompress(b"", _STEP_OUT)  # output the codec still holds
+        raw = self._src.read(_STEP_IN)
+        if not raw:
+            raise LayerTarError(f"{self.kind} stream is truncated")
+        return self._d.decompress(raw, _STEP_OUT)
 
     def _errors(self) -> tuple[type[BaseException], ...]:
-        return (zstandard.ZstdError,)
+        return (_zstd.ZstdError,)
 
 
 _DECODERS: dict[str, type[_Decoder]] = {"gzip": _GzipStream, "zstd": _ZstdStream}

@@ -52,6 +52,16 @@ MAX_ENTRIES = 1 << 24
 _CHUNK = 64 << 10
 
 
+
+def _inflate_at_most(data: bytes, limit: int) -> bytes:
+    """zlib-inflate ``data`` into at most ``limit + 1`` bytes: an index file is input, and a few
+    KiB of deflate can claim gigabytes; a longer result is wrong anyway (the caller checks it)."""
+    d = zlib.decompressobj()
+    out = d.decompress(data, limit + 1)
+    if not d.eof and len(out) <= limit and not d.unconsumed_tail:
+        raise zlib.error("incomplete or truncated stream")
+    return out
+
 class GzIndexError(FormatError):
     """A gzip.meta file is damaged or does not belong to the source it is used with."""
 
@@ -154,7 +164,7 @@ class GzIndex:
             raise GzIndexError(f"{name}: gzip index has {num} entries")
         area = src.read(start, area_len)
         try:
-            table = zlib.decompress(area) if algo else area
+            table = _inflate_at_most(area, num * ENTRY_SIZE) if algo else area
         except zlib.error as exc:
             raise GzIndexError(f"{name}: gzip index entry table does not inflate: {exc}") from None
         if len(table) != num * ENTRY_SIZE:
@@ -182,7 +192,7 @@ class GzIndex:
                 raise GzIndexError(f"{self.src.name}: window {i} is {len(raw)} bytes")
             return raw
         try:
-            win = zlib.decompress(raw)
+            win = _inflate_at_most(raw, WINSIZE)
         except zlib.error as exc:
             raise GzIndexError(f"{self.src.name}: window {i} does not inflate: {exc}") from None
         if len(win) != WINSIZE:
