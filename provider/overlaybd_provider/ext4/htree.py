@@ -28,7 +28,7 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from overlaybd_provider.ext4.directory import (
+from overlaybd_provider.ext4.dirent import (
     DIRENT_HEADER_LEN,
     EXT2_FT_DIR,
     EXT4_DIR_ENTRY_2,
