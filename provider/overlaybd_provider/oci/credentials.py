@@ -19,13 +19,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from oras.defaults import registry as _oras_hub
+
 from overlaybd_provider.oci.errors import OciError
 from overlaybd_provider.oci.options import RegistryOptions
 from overlaybd_provider.oci.reference import DOCKER_HUB, DOCKER_HUB_ALIASES, DOCKER_HUB_ENDPOINT
 
 log = logging.getLogger(__name__)
 
-DOCKER_HUB_AUTH_KEY = "https://index.docker.io/v1/"
+DOCKER_HUB_AUTH_KEY: str = _oras_hub.index_server  # "https://index.docker.io/v1/"
 HELPER_TIMEOUT = 30.0
 
 
