@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
 from pathlib import Path
 from typing import Any
 
+import oras.auth.base as oras_base
 import oras.auth.utils as oras_auth_utils
 import oras.defaults
 import oras.utils
@@ -120,6 +122,23 @@ def test_auth_entries_without_auth_field_are_ignored() -> None:
     assert backend._load_auth("r.test") is False
 
 
+def test_auths_win_over_cred_helpers_and_token_answers_become_basic(monkeypatch: pytest.MonkeyPatch) -> None:
+    asked: list[list[str]] = []
+
+    def run(cmd: list[str], **kwargs: Any) -> subprocess.CompletedProcess[bytes]:
+        asked.append(cmd)
+        return subprocess.CompletedProcess(cmd, 0, json.dumps({"Username": "<token>", "Secret": "s"}).encode(), b"")
+
+    monkeypatch.setattr(oras_base.subprocess, "run", run)
+    backend = AuthBackend()
+    backend._auth_config = {"auths": {"r.test": {"auth": "aW5saW5lOnA="}}, "credHelpers": {"r.test": "x"},
+                            "credsStore": None}
+    assert backend._load_auth("r.test") and backend._basic_auth == "aW5saW5lOnA="  # docker asks the helper
+    assert asked == []
+    # an identity token from a helper is sent as the Basic password of user "<token>"
+    assert backend._get_auth_from_creds_store("x", "r.test") == oras_auth_utils.get_basic_auth("<token>", "s")
+
+
 # -- requests: retries and timeouts ------------------------------------------------------------
 
 
@@ -165,6 +184,13 @@ def test_put_upload_sends_the_whole_blob_as_one_bytes_object(tmp_path: Path, mon
     registry.put_upload(str(blob), Container("registry.test/r"),
                         {"digest": "sha256:" + "0" * 64, "size": 3 << 20})
     assert isinstance(bodies[-1], bytes) and len(bodies[-1]) == 3 << 20
+
+
+def test_get_manifest_returns_parsed_json_not_the_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    registry = Registry(hostname="registry.test")
+    body = b'{"schemaVersion": 2,  "layers": []}'  # the digest is over these exact bytes
+    monkeypatch.setattr(registry, "do_request", lambda *a, **k: _response(200, body=body))
+    assert registry.get_manifest("registry.test/r:t") == {"schemaVersion": 2, "layers": []}
 
 
 def test_download_blob_writes_unverified_content_in_place(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

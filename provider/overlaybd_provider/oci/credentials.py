@@ -4,7 +4,9 @@ Docker's lookup order: ``credHelpers[host]``, then ``credsStore``, then the inli
 (``auth`` = base64 ``user:password``, or ``username``/``password``, or ``identitytoken``).
 Helpers follow the ``docker-credential-<name> get`` protocol: server URL on stdin, JSON
 ``{"ServerURL", "Username", "Secret"}`` on stdout; ``Username == "<token>"`` marks an identity
-(refresh) token.
+(refresh) token. oras-py's lookup (``AuthBackend._load_auth``) is not used: it ignores
+``$DOCKER_CONFIG``, tries ``auths`` before the helpers, reads only the ``auth`` field and sends a
+``<token>`` answer as a Basic user (docs/oci.md, "oras-py and our code").
 """
 
 from __future__ import annotations
