@@ -60,6 +60,12 @@ def test_adopted_constants_keep_our_values() -> None:
     assert mediatypes.MediaType.OCI_LAYER.value == "application/vnd.oci.image.layer.v1.tar"
 
 
+def test_append_url_params_reencodes_and_drops_blank_and_repeated_names() -> None:
+    """The caveat of the adopted helper: harmless for distribution's ``?_state=`` Location."""
+    assert oras.utils.append_url_params("http://r.test/u?a=&b=1&b=2", {"digest": "sha256:x"}) == (
+        "http://r.test/u?b=2&digest=sha256%3Ax")
+
+
 # -- reference: oras.container.Container --------------------------------------------------------
 
 
