@@ -1,7 +1,9 @@
 """Registry client for the distribution API (``/v2/``): resolve, manifests, blobs, uploads, mounts.
 
 Request machinery (auth, retries, mirrors, limits) is in :mod:`.requester`, uploads in
-:mod:`.upload`. Bodies are streamed both ways; manifests and blobs are verified against digests.
+:mod:`.upload`. Bodies are streamed both ways; manifests and blobs are verified against digests. oras-py's
+``Registry`` is not used: its ``get_manifest`` returns parsed JSON (no bytes to verify) and its
+``download_blob`` writes unverified bytes in place with no resume (docs/oci.md, "oras-py and our code").
 """
 
 from __future__ import annotations

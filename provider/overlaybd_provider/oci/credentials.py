@@ -4,7 +4,9 @@ Docker's lookup order: ``credHelpers[host]``, then ``credsStore``, then the inli
 (``auth`` = base64 ``user:password``, or ``username``/``password``, or ``identitytoken``).
 Helpers follow the ``docker-credential-<name> get`` protocol: server URL on stdin, JSON
 ``{"ServerURL", "Username", "Secret"}`` on stdout; ``Username == "<token>"`` marks an identity
-(refresh) token.
+(refresh) token. oras-py's lookup (``AuthBackend._load_auth``) is not used: it ignores
+``$DOCKER_CONFIG``, tries ``auths`` before the helpers, reads only the ``auth`` field and sends a
+``<token>`` answer as a Basic user (docs/oci.md, "oras-py and our code").
 """
 
 from __future__ import annotations
@@ -19,13 +21,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from oras.defaults import registry as _oras_hub
+
 from overlaybd_provider.oci.errors import OciError
 from overlaybd_provider.oci.options import RegistryOptions
 from overlaybd_provider.oci.reference import DOCKER_HUB, DOCKER_HUB_ALIASES, DOCKER_HUB_ENDPOINT
 
 log = logging.getLogger(__name__)
 
-DOCKER_HUB_AUTH_KEY = "https://index.docker.io/v1/"
+DOCKER_HUB_AUTH_KEY: str = _oras_hub.index_server  # "https://index.docker.io/v1/"
 HELPER_TIMEOUT = 30.0
 
 

@@ -12,9 +12,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from oras.defaults import oci_ref_name_annotation
+
 from overlaybd_provider.oci.errors import OciError
 
-REF_NAME_ANNOTATION = "org.opencontainers.image.ref.name"
+REF_NAME_ANNOTATION: str = oci_ref_name_annotation  # "org.opencontainers.image.ref.name"
 
 _DESCRIPTOR_KEYS = ("mediaType", "digest", "size", "urls", "annotations", "data", "platform", "artifactType")
 _PLATFORM_KEYS = ("architecture", "os", "os.version", "os.features", "variant", "features")

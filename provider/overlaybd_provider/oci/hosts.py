@@ -5,7 +5,8 @@ containerd's registry host configuration (``docs/hosts.md``): ``HOSTS_DIR/HOST[:
 ``capabilities`` (pull, resolve, push), ``ca``, ``client``, ``skip_verify``, ``override_path`` and
 ``header``, then the ``server`` (the upstream, all capabilities). Relative paths are relative to
 the file's directory. A host directory without ``hosts.toml`` is read as a docker ``certs.d``
-directory: ``*.crt`` are CA certificates, ``NAME.cert`` + ``NAME.key`` client pairs.
+directory: ``*.crt`` are CA certificates, ``NAME.cert`` + ``NAME.key`` client pairs. oras-py has
+no equivalent (one ``tls_verify`` and one ``insecure`` per client).
 """
 
 from __future__ import annotations

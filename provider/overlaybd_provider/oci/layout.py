@@ -5,6 +5,12 @@ annotations of ``index.json`` entries. A new layout gets its (empty) ``index.jso
 ``oci-layout`` marker and before any blob, so a failed write leaves a valid, maybe empty layout. Blobs are written to a temporary file, verified, then renamed;
 ``index.json`` is rewritten atomically under an exclusive lock on ``oci-layout``, so concurrent
 writers (threads or processes) do not lose each other's tags.
+
+File names, the layout version and the index schema version are oras-py's (``oras.defaults``).
+``oras.layout.Layout`` is not used: it writes blobs and ``index.json`` in place (no temporary file,
+no digest check, no lock), replaces ``index.json`` with a single entry on each pull, refuses Docker
+media types and layouts whose version is not exactly ``1.0.0``, and maps a digest to a path
+without validating it (docs/oci.md, "oras-py and our code").
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
+
+from oras import defaults as _oras
 
 from overlaybd_provider.errors import writing
 from overlaybd_provider.oci.descriptor import REF_NAME_ANNOTATION, Descriptor
@@ -37,10 +45,16 @@ from overlaybd_provider.oci.reference import is_digest, validate_digest
 
 log = logging.getLogger(__name__)
 
-LAYOUT_FILE = "oci-layout"
-INDEX_FILE = "index.json"
-LAYOUT_VERSION = "1.0.0"
+LAYOUT_FILE: str = _oras.oci_layout_file  # "oci-layout"
+INDEX_FILE: str = _oras.oci_image_index_file  # "index.json"
+LAYOUT_VERSION: str = _oras.oci_layout_version_pin  # "1.0.0"
+BLOBS_DIR: str = _oras.oci_blobs_dir  # "blobs"
+INDEX_SCHEMA_VERSION: int = _oras.oci_index_schema_version  # 2
 MAX_MANIFEST_SIZE = 4 << 20
+
+
+def _empty_index() -> dict[str, Any]:
+    return {"schemaVersion": INDEX_SCHEMA_VERSION, "mediaType": MediaType.OCI_INDEX.value, "manifests": []}
 
 
 class LayoutStore:
@@ -65,7 +79,7 @@ class LayoutStore:
 
     def blob_path(self, digest: str) -> Path:
         algorithm, _, encoded = validate_digest(digest).partition(":")
-        return self.path / "blobs" / algorithm / encoded
+        return self.path / BLOBS_DIR / algorithm / encoded
 
     def _check_layout(self) -> None:
         marker = self.path / LAYOUT_FILE
@@ -88,7 +102,7 @@ class LayoutStore:
                 self._create_empty_index()
             return
         self.path.mkdir(parents=True, exist_ok=True)
-        (self.path / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
+        (self.path / BLOBS_DIR / "sha256").mkdir(parents=True, exist_ok=True)
         self._create_empty_index()
         with atomic_output(self.path / LAYOUT_FILE) as f:  # idempotent: racing creators write the same
             f.write(json.dumps({"imageLayoutVersion": LAYOUT_VERSION}, separators=(",", ":")).encode())
@@ -96,7 +110,7 @@ class LayoutStore:
     def _create_empty_index(self) -> None:
         """``index.json`` with no manifests, only if there is none: written aside and hard-linked
         into place, so a racing writer's tags are never replaced by the empty index."""
-        empty = {"schemaVersion": 2, "mediaType": MediaType.OCI_INDEX.value, "manifests": []}
+        empty = _empty_index()
         index = self.path / INDEX_FILE
         tmp = self.path / f".{INDEX_FILE}.empty-{os.getpid()}-{threading.get_ident()}"
         with writing(index):
@@ -115,7 +129,7 @@ class LayoutStore:
         """Raise unless the layout can be written here (created when missing)."""
         try:
             self._ensure_layout()
-            with tempfile.NamedTemporaryFile(dir=self.path / "blobs" / "sha256", prefix=".probe."):
+            with tempfile.NamedTemporaryFile(dir=self.path / BLOBS_DIR / "sha256", prefix=".probe."):
                 pass
         except OSError as exc:
             raise LayoutError(f"{self.path}: cannot write the OCI layout: {exc.strerror or exc}") from None
@@ -126,7 +140,7 @@ class LayoutStore:
         try:
             doc = json.loads(path.read_bytes())
         except FileNotFoundError:  # a layout being written that has no tag yet
-            return {"schemaVersion": 2, "mediaType": MediaType.OCI_INDEX.value, "manifests": []}
+            return _empty_index()
         except ValueError as exc:
             raise LayoutError(f"{path}: invalid JSON ({exc})") from None
         if not isinstance(doc, dict) or not isinstance(doc.get("manifests", []), list):

@@ -1,6 +1,8 @@
 """Media types of Docker schema 2 and OCI image-spec objects, in one enum.
 
-Spec: image-spec ``media-types.md``; Docker "Image Manifest V2, Schema 2".
+Spec: image-spec ``media-types.md``; Docker "Image Manifest V2, Schema 2". The five that oras-py
+names (``oras.defaults``) take its constants; oras-py has no name for the rest (configs, zstd,
+non-distributable and foreign layers, the empty descriptor) nor an enum or a shape-based detector.
 """
 
 from __future__ import annotations
@@ -8,20 +10,22 @@ from __future__ import annotations
 import json
 from enum import Enum
 
+from oras import defaults as _oras
+
 
 class MediaType(str, Enum):
-    DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
-    DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+    DOCKER_MANIFEST = _oras.docker_manifest_media_type
+    DOCKER_MANIFEST_LIST = _oras.docker_manifest_list_media_type
     DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
     DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar"
     DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
     DOCKER_LAYER_ZSTD = "application/vnd.docker.image.rootfs.diff.tar.zstd"
     DOCKER_FOREIGN_LAYER = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
     DOCKER_MANIFEST_V1_SIGNED = "application/vnd.docker.distribution.manifest.v1+prettyjws"
-    OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-    OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+    OCI_MANIFEST = _oras.default_manifest_media_type
+    OCI_INDEX = _oras.default_index_media_type
     OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
-    OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
+    OCI_LAYER = _oras.default_blob_media_type
     OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
     OCI_LAYER_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
     OCI_LAYER_NONDIST = "application/vnd.oci.image.layer.nondistributable.v1.tar"
@@ -38,7 +42,8 @@ IMAGE_MANIFEST_TYPES = frozenset({MediaType.OCI_MANIFEST.value, MediaType.DOCKER
 MANIFEST_TYPES = INDEX_TYPES | IMAGE_MANIFEST_TYPES
 CONFIG_TYPES = frozenset({MediaType.OCI_CONFIG.value, MediaType.DOCKER_CONFIG.value})
 
-#: ``Accept`` list for manifest requests: without it a registry may down-convert to schema 1.
+#: ``Accept`` list for manifest requests: without it a registry may down-convert to schema 1. The same
+#: four types as oras-py's ``default_manifest_accepted_media_types``, indexes first as before.
 MANIFEST_ACCEPT = (
     MediaType.OCI_INDEX.value,
     MediaType.DOCKER_MANIFEST_LIST.value,

@@ -10,7 +10,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-DEFAULT_CHUNK_SIZE = 16 << 20
+from oras.defaults import default_chunksize
+
+DEFAULT_CHUNK_SIZE: int = default_chunksize  # 16 MiB
 PASSWORD_ENV = "OVERLAYBD_PASSWORD"  # read for ``-u USER`` without ``:PASSWORD``
 
 

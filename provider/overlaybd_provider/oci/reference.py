@@ -4,7 +4,11 @@ Grammar from distribution's ``reference`` package (``reference/regexp.go``, ``no
 the first path component is a registry host when it contains ``.`` or ``:``, is ``localhost`` or has
 upper-case letters; otherwise the name lives on Docker Hub (``docker.io``), where one-component
 names get the ``library/`` namespace. ``index.docker.io`` is an alias of ``docker.io``, and the
-Docker Hub API is served by ``registry-1.docker.io``.
+Docker Hub API is served by ``registry-1.docker.io``. Those names and the default tag come from
+oras-py's ``oras.defaults``; the parsing is ours, because ``oras.container.Container`` does not
+normalise Docker Hub names (``busybox`` stays ``docker.io/busybox``, ``index.docker.io`` stays as
+written), reads ``localhost/foo`` as a Docker Hub repository and validates no component
+(docs/oci.md, "oras-py and our code").
 """
 
 from __future__ import annotations
@@ -13,12 +17,15 @@ import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from oras.defaults import default_tag as _ORAS_DEFAULT_TAG
+from oras.defaults import registry as _oras_hub
+
 from overlaybd_provider.oci.errors import InvalidReferenceError
 
-DOCKER_HUB = "docker.io"
-DOCKER_HUB_ALIASES = frozenset({"docker.io", "index.docker.io", "registry.hub.docker.com"})
-DOCKER_HUB_ENDPOINT = "registry-1.docker.io"
-DEFAULT_TAG = "latest"
+DOCKER_HUB: str = _oras_hub.index_name  # "docker.io"
+DOCKER_HUB_ALIASES = frozenset({DOCKER_HUB, _oras_hub.index_hostname, "registry.hub.docker.com"})
+DOCKER_HUB_ENDPOINT: str = _oras_hub.default_v2_registry["host"]  # "registry-1.docker.io"
+DEFAULT_TAG: str = _ORAS_DEFAULT_TAG  # "latest"
 LAYOUT_PREFIX = "oci:"
 
 _DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"

@@ -14,9 +14,10 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote
 
 import requests
+from oras.utils import append_url_params
 
 from overlaybd_provider.errors import REMEDIES
 from overlaybd_provider.oci.auth import Authenticator
@@ -157,7 +158,7 @@ class RegistryRequester:
         query = dict(query or {})
         if endpoint.mirror_of:
             query["ns"] = endpoint.mirror_of
-        return f"{url}?{urlencode(query)}" if query else url
+        return append_url_params(url, query) if query else url
 
     def _endpoints(self, capability: str) -> list[Endpoint]:
         found = [e for e in self.endpoints if capability in e.capabilities]

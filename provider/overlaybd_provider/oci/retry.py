@@ -2,6 +2,8 @@
 
 Retried: connection failures and resets, timeouts, HTTP 408/429/5xx (``Retry-After`` honoured,
 clipped to the remaining budget). Jitter only spreads request timing; it never reaches output.
+oras-py's ``decorator.retry`` retries only exceptions and status 500, with fixed ``2 + 3**n`` s sleeps
+and no total budget, so it is not used.
 """
 
 from __future__ import annotations

@@ -4,6 +4,9 @@
 Tracing swaps urllib3's connection classes for subclasses that time name resolution, TCP connect,
 the TLS handshake and the wait for the first response byte; it measures what really happens on
 the wire (a reused connection reports only its first-byte time).
+
+oras-py's ``Registry`` session has no timeout, no per-endpoint TLS and drops every cookie; we keep
+cookies, because a load balancer's affinity cookie may be what keeps an upload on one backend.
 """
 
 from __future__ import annotations
