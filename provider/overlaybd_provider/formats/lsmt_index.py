@@ -68,6 +68,16 @@ class IndexEntry(NamedTuple):
 PADDING_ENTRY = IndexEntry(INVALID_OFFSET, 0, 0).to_bytes()
 
 
+def sector_span(offset: int, length: int, virtual_size: int) -> tuple[int, int]:
+    """Sectors ``[s0, s1)`` covering a read of ``length`` bytes at ``offset`` of a device of
+    ``virtual_size`` bytes (0: unbounded); the checks every device reader makes first."""
+    if offset < 0 or length < 0:
+        raise ValueError("negative offset or length")
+    if virtual_size and offset + length > virtual_size:
+        raise ValueError(f"read [{offset}, {offset + length}) beyond the device size {virtual_size}")
+    return offset // SECTOR, -(-(offset + length) // SECTOR)
+
+
 def iter_entries(buf: bytes, *, tags: bool = False):
     """Yield ``(offset, length, moffset, zeroed)`` of every valid entry (padding skipped, tags
     reset), or with ``tags`` ``(offset, length, moffset, zeroed, tag)``."""

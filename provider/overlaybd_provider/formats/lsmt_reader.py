@@ -21,6 +21,7 @@ from overlaybd_provider.formats.lsmt_index import (
     LSMTHeader,
     is_lsmt_header,
     iter_entries,
+    sector_span,
 )
 from overlaybd_provider.formats.source import ByteSource, as_source
 
@@ -142,14 +143,9 @@ class LSMTReader:
     def read(self, offset: int, length: int) -> bytes:
         """Bytes of this layer alone (holes and zeroed entries read as zeros); the same as a
         one-layer ``LayerStack`` (which this module must not import: stack imports it)."""
-        if offset < 0 or length < 0:
-            raise ValueError("negative offset or length")
-        if self.virtual_size and offset + length > self.virtual_size:
-            raise ValueError(f"read [{offset}, {offset + length}) beyond the device size {self.virtual_size}")
+        s0, s1 = sector_span(offset, length, self.virtual_size)
         if length == 0:
             return b""
-        s0 = offset // SECTOR
-        s1 = -(-(offset + length) // SECTOR)
         out = bytearray((s1 - s0) * SECTOR)
         offsets, ends, zeroed = self.offsets, self.ends, self.zeroed_flags
         i = self.first_entry_at_or_after(s0)

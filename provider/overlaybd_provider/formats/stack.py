@@ -7,7 +7,7 @@ from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
 from overlaybd_provider.formats.errors import StackError
-from overlaybd_provider.formats.lsmt_index import SECTOR, ZERO_UUID
+from overlaybd_provider.formats.lsmt_index import SECTOR, ZERO_UUID, sector_span
 from overlaybd_provider.formats.lsmt_reader import LSMTReader
 
 log = logging.getLogger(__name__)
@@ -79,14 +79,9 @@ class LayerStack:
 
     def read(self, offset: int, length: int) -> bytes:
         """Bytes ``[offset, offset+length)`` of the merged device (zeros where unmapped)."""
-        if offset < 0 or length < 0:
-            raise ValueError("negative offset or length")
-        if self.virtual_size and offset + length > self.virtual_size:
-            raise ValueError(f"read [{offset}, {offset + length}) beyond the device size {self.virtual_size}")
+        s0, s1 = sector_span(offset, length, self.virtual_size)
         if length == 0:
             return b""
-        s0 = offset // SECTOR
-        s1 = -(-(offset + length) // SECTOR)
         base = s0 * SECTOR
         out = bytearray((s1 - s0) * SECTOR)
         for s, e, li, j in self._segments(s0, s1):
