@@ -216,6 +216,10 @@ def main(argv: list[str] | None = None) -> int:
         todo["d-2GB"] = [data.big]
     with tempfile.TemporaryDirectory(prefix="bench-split-", dir=args.workdir) as tmp:
         for case in args.case or ["b-debian", "c-small"]:
+            if case not in todo:
+                print(f"bench: case {case} needs {'--big' if case == 'd-2GB' else 'one of ' + ', '.join(todo)}",
+                      file=sys.stderr)
+                return 2
             print(profile_text(case, todo[case], Path(tmp), args.rate))
     return 0
 
