@@ -116,12 +116,12 @@ def apply_tars_to_stack(lower: LowerStack | None, tars: Sequence[TarInput], out:
                         vsize_gb: int = 64, raw: bool = False, algorithm: str = "lz4", block_size_kb: int = 4,
                         uuid: str | None = None, parent_uuid: str | None = None,
                         mkfs_options: MkfsOptions | str | None = None,
-                        spool_dir: str | None = None) -> StackApplyStats:
+                        spool_dir: str | None = None, trim: bool = False) -> StackApplyStats:
     """Apply several tars in order onto **one** upper layer over ``lower``, then seal it once
-    (``--flatten``: the blocks a later tar rewrites or frees are never written out). Each tar
-    is applied with its own layer state (OCI whiteouts hide only what is below their own layer)
-    and checked against its diff_id before the next one starts (:class:`DiffIdMismatchError`
-    names the tar by its position when there are several)."""
+    (``--flatten``). Each tar is applied with its own layer state (OCI whiteouts hide only what
+    is below their own layer) and checked against its diff_id before the next one starts
+    (:class:`DiffIdMismatchError` names the tar by its position when there are several).
+    ``trim`` (no lower only): blocks a later tar freed are left out of the layer (:mod:`.trim`)."""
     from overlaybd_provider.formats.blob import LayerBlobWriter
     from overlaybd_provider.formats.lsmt_writer import LSMTWriter
 
@@ -159,6 +159,10 @@ def apply_tars_to_stack(lower: LowerStack | None, tars: Sequence[TarInput], out:
             for name in ("entries", "files", "dirs", "data_bytes", "clamped_times"):
                 setattr(stats, name, getattr(stats, name) + getattr(one, name))
         compression = ",".join(dict.fromkeys(kinds))
+        if trim:
+            from overlaybd_provider.ext4.trim import trim_free_blocks
+
+            log.debug("flattened layer: %d free blocks left out", trim_free_blocks(fs, dev))
         if compressor is not None:
             from overlaybd_provider.ext4.seal import seal_blob
 
@@ -252,9 +256,11 @@ def apply_layer(lowers: Sequence[str | os.PathLike[str]], tar_path_or_fileobj: s
 def apply_layers(lowers: Sequence[str | os.PathLike[str]], tars: Sequence[TarSpec],
                  out_path: str | os.PathLike[str], *, vsize_gb: int = 64, algorithm: str = "lz4",
                  block_size_kb: int = 4, raw: bool = False, uuid: str | None = None,
-                 parent_uuid: str | None = None, mkfs_options: MkfsOptions | str | None = None) -> ApplyResult:
+                 parent_uuid: str | None = None, mkfs_options: MkfsOptions | str | None = None,
+                 trim: bool = False) -> ApplyResult:
     """Apply several layer tars, bottom first, onto one upper layer over the lower blobs and write
-    it to ``out_path`` (one tar: :func:`apply_layer`; several: a flattened layer)."""
+    it to ``out_path`` (one tar: :func:`apply_layer`; several: a flattened layer, ``trim``: see
+    :func:`apply_tars_to_stack`)."""
     from overlaybd_provider.formats.stack import LayerStack
     from overlaybd_provider.formats.turbo import open_layer_spec
 
@@ -287,7 +293,8 @@ def apply_layers(lowers: Sequence[str | os.PathLike[str]], tars: Sequence[TarSpe
                 try:
                     res = apply_tars_to_stack(stack, inputs, out, vsize_gb=vsize_gb, raw=raw, algorithm=algorithm,
                                               block_size_kb=block_size_kb, uuid=uuid, parent_uuid=parent_uuid,
-                                              mkfs_options=mkfs_options, spool_dir=str(out_path.parent))
+                                              mkfs_options=mkfs_options, spool_dir=str(out_path.parent),
+                                              trim=trim)
                     out.flush()
                 except BaseException:
                     _close_quietly(out)  # its flush may fail again on a full disk: the first error wins

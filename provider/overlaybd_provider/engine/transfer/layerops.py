@@ -123,6 +123,7 @@ def build_layer(ws: Workspace, image: ImagePlan, layer: LayerPlan, options: Conv
             lowers, tars, out,
             vsize_gb=options.vsize_gb, algorithm=options.algorithm, block_size_kb=options.block_size_kb,
             uuid=layer.uuid, parent_uuid=layer.parent_uuid or None, mkfs_options=mkfs,
+            trim=layer.parts is not None and not lowers,  # flattened: dead blocks left out
         )  # writes a temporary name and renames it on success
     except DiffIdMismatchError as exc:
         # The config lied about this layer (dedup poisoning, docs/dedup.md): nothing was written.
