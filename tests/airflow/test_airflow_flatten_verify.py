@@ -120,3 +120,25 @@ def test_a_wrong_image_fails_the_verify_task_once(dags, registry, mariadb, env_v
     assert error.startswith(f"verify {dest}@sha256:")
     assert error.endswith(": 1 difference: 0 mtime, 1 content, 0 size, 0 missing, 0 extra, 0 type, 0 mode, "
                           "0 owner, 0 xattr, 0 symlink, 0 hardlink, 0 device, 0 filesystem")
+
+
+def test_convert_dag_flatten_and_verify_params(dags, registry, mariadb, env_vars, tmp_path: Path) -> None:  # noqa: F811
+    """The one-task DAG: ``flatten`` and ``verify`` (off by default there) reach the operator; the
+    XCom summary and the conversions row carry both results."""
+    connect(env_vars, mariadb, registry.host)
+    base = {"etc/os-release": b"NAME=convert\n", "bin/tool": bytes(range(256)) * 64}
+    write_image(tmp_path / "src", "latest", [base, {"app/main": b"print(1)\n"}, {"app/main": b"print(2)\n"}])
+    source = registry.ref("src/convert-flat")
+    push_layout(tmp_path / "src", source, registry.options())
+    run = dags["overlaybd_convert"].test(run_conf={
+        "source": source, "destination": registry.ref("obd/convert-flat", "obd"), "src_registry_conn_id": "reg_test",
+        "dst_registry_conn_id": "reg_test", "dedup_conn_id": "dedup_maria", "flatten": True, "verify": True,
+    })
+    assert str(run.state) == "success"
+    summary = xcom(run, "convert")
+    assert summary["flatten"]["source_layers"] == 3 and summary["flatten"]["layers"] == 1
+    assert summary["verify"]["identical"] is True and summary["verify"]["summary"].startswith("0 differences")
+    assert len(manifest(registry, "obd/convert-flat", "obd").json()["layers"]) == 1
+    (details,) = mariadb.query("SELECT details FROM overlaybd_conversions WHERE target_digest = %s",
+                               (summary["target_digest"],))[0]
+    assert json.loads(details)["verify"]["identical"] is True
