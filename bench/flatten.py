@@ -72,6 +72,7 @@ def _add(tf: tarfile.TarFile, name: str, data: bytes = b"") -> None:
 
 
 def churn_layers(work: Path, count: int) -> list[Path]:
+    work.mkdir(parents=True, exist_ok=True)
     rng = random.Random(17)
     out = []
     for n in range(count):

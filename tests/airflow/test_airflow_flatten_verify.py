@@ -23,7 +23,7 @@ from support.flatimage import compress_flags, history, write_ten_layers
 from support.imagegen import write_image
 from support.obdimages import tar_layout
 from support.registry import push_layout
-from test_airflow_dag_runs import _nightly, connect, dags, env_vars, manifest, xcom  # noqa: F401
+from test_airflow_dag_runs import connect, dags, env_vars, manifest, xcom  # noqa: F401 - fixtures shared
 
 pytestmark = pytest.mark.timeout(600)
 
