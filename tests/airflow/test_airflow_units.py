@@ -19,6 +19,14 @@ from overlaybd_provider.operators.summary import conversion_row, summarize
 REPO = Path(__file__).resolve().parents[2]
 
 
+def test_image_list_flatten_key_and_run_default():
+    images = parse_image_list("- {source: a, destination: b, flatten: true}\n- {source: c, destination: d}\n",
+                              defaults={"flatten": False})
+    assert [i["flatten"] for i in images] == [True, False]
+    with pytest.raises(ImageListError, match=r"entry 0 \(a\): flatten 'maybe': expected true or false"):
+        parse_image_list("- {source: a, destination: b, flatten: maybe}\n")
+
+
 def test_image_list_yaml_json_and_errors():
     text = (REPO / "dags" / "overlaybd_images.yaml").read_text()
     images = parse_image_list(text)

@@ -71,6 +71,9 @@ def as_bool(value: Any) -> bool:
     return bool(value)
 
 
+_BOOL_WORDS = {"1", "0", "true", "false", "yes", "no", "on", "off", ""}
+
+
 def utc_now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -81,6 +84,8 @@ def convert_options(*, algorithm: Any, block_size_kb: Any, vsize_gb: Any, fstype
     engine's ``OptionsError`` naming the argument (``block_size_kb``), not the CLI flag."""
     from overlaybd_provider.engine.options import ConvertOptions, OptionsError
 
+    if isinstance(flatten, str) and flatten.strip().lower() not in _BOOL_WORDS:
+        raise OptionsError(f"flatten {flatten!r}: expected true or false")
     try:
         return ConvertOptions(
             algorithm=str(algorithm), block_size_kb=int(block_size_kb), vsize_gb=int(vsize_gb),
