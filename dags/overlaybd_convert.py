@@ -3,6 +3,8 @@
 No schedule. The form (DAG params) carries the source and destination references, platforms,
 overlaybd options and the connection ids; the whole conversion runs in one task (``convert``, on
 the ``[overlaybd] queue``): pull, build each new layer onto ext4 and compress it, push, record.
+``flatten`` makes one layer per platform; ``verify`` (off by default here, on in overlaybd_nightly)
+checks the pushed image against its source before it is recorded and fails at once on a difference.
 
 On call: a failure after one try is permanent (the log's last line says why: auth refused, image
 not found, a corrupt or lying source, invalid options); fix the input and trigger again.
