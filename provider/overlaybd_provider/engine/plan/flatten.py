@@ -16,13 +16,9 @@ from collections.abc import Sequence
 from overlaybd_provider.engine.plan.chain import uuid_from_chain_id
 from overlaybd_provider.engine.plan.model import LayerPlan
 
-__all__ = ["FLAT_PREFIX", "flat_layer", "is_flat"]
+__all__ = ["FLAT_PREFIX", "flat_layer"]
 
 FLAT_PREFIX = "flat:"
-
-
-def is_flat(layer: LayerPlan) -> bool:
-    return layer.parts is not None
 
 
 def flat_layer(layers: Sequence[LayerPlan]) -> LayerPlan:
