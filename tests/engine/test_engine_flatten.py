@@ -17,7 +17,7 @@ from overlaybd_provider.oci.layout import LayoutStore
 from overlaybd_provider.oci.store import open_store
 from support.flatimage import compress_flags, history, write_ten_layers
 from support.fsjudge import assert_e2fsck_clean, assert_trees_equal, expected_tree, read_tree
-from support.obdimages import layer_blobs, tar_layout, verify_cli
+from support.obdimages import index_layout, layer_blobs, tar_layout, verify_cli
 from support.paths import overlaybd_cli
 from support.registry import push_layout
 
@@ -115,6 +115,20 @@ def test_ten_layers_flattened_into_one_verified_and_read_by_upstream(ten, tmp_pa
     assert proc2.returncode == 0, proc2.stderr
     assert proc2.stdout.strip() == proc.stdout.strip()
     assert _documents(again)[0] == manifest
+
+
+def test_every_platform_of_an_index_is_flattened_on_its_own(ten, tmp_path: Path) -> None:
+    tars, _layout, _src = ten
+    src = index_layout(tmp_path / "src", "v1", {"linux/amd64": tars, "linux/arm64": tars[:4]})
+    dst = f"oci:{tmp_path / 'dst'}:v1"
+    _cli_convert(src, dst, tmp_path / "report.json", "--flatten")
+    report = json.loads((tmp_path / "report.json").read_text())
+    changes = {m["platform"]: (m["flatten"]["source_layers"], m["flatten"]["layers"]) for m in report["manifests"]}
+    assert changes == {"linux/amd64": (10, 1), "linux/arm64": (4, 1)}
+    layers = {m["platform"]: m["layers"][0]["digest"] for m in report["manifests"]}
+    assert layers["linux/amd64"] != layers["linux/arm64"]  # different chains, different trees
+    ver = verify_cli(src, dst)
+    assert ver.returncode == 0, ver.stdout + ver.stderr
 
 
 def _source_layers(layout: Path) -> list[dict]:
