@@ -3,6 +3,8 @@
 No schedule. The form (DAG params) carries the source and destination references, platforms,
 overlaybd options and the connection ids; the whole conversion runs in one task (``convert``, on
 the ``[overlaybd] queue``): pull, build each new layer onto ext4 and compress it, push, record.
+``flatten`` makes one layer per platform; ``verify`` (off by default here, on in overlaybd_nightly)
+checks the pushed image against its source before it is recorded and fails at once on a difference.
 
 On call: a failure after one try is permanent (the log's last line says why: auth refused, image
 not found, a corrupt or lying source, invalid options); fix the input and trigger again.
@@ -105,6 +107,23 @@ PARAMS = {
         description="Attach the result as a referrer of the source (implies OCI).",
         section=FORMAT,
     ),
+    "flatten": Param(
+        False,
+        type="boolean",
+        title="Flatten",
+        description="All layers of each platform in one overlaybd layer: faster container start for images "
+        "with many layers (the config's history is kept, marked).",
+        section=FORMAT,
+    ),
+    "verify": Param(
+        False,
+        type="boolean",
+        title="Verify",
+        description="After the push, check the image against its source (overlaybd verify: e2fsck and "
+        "every file's content); a difference fails the task at once. Off by default here (it reads the "
+        "whole image again); on by default in overlaybd_nightly.",
+        section=FORMAT,
+    ),
     "src_registry_conn_id": Param(
         "",
         type=["string", "null"],
@@ -156,6 +175,8 @@ def overlaybd_convert():
         vsize_gb="{{ params.vsize_gb }}",
         oci="{{ params.oci }}",
         referrer="{{ params.referrer }}",
+        flatten="{{ params.flatten }}",
+        verify="{{ params.verify }}",
         src_registry_conn_id="{{ params.src_registry_conn_id }}",
         dst_registry_conn_id="{{ params.dst_registry_conn_id }}",
         dedup_conn_id="{{ params.dedup_conn_id }}",

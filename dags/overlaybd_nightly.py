@@ -13,7 +13,10 @@ the one named after the registry host (``oci_registry_<host>``) is used if it ex
    new layer onto ext4, compresses it, checks it against the image config, pushes the blob and
    records it. Concurrent runs never build the same layer twice. A retry keeps what was pushed.
 3. ``push`` — writes configs, manifests, the index, and the tag.
-4. ``record`` — writes the manifests into the dedup database and the conversion onto the overlaybd
+4. ``verify`` — (param ``verify``, on by default) checks the pushed image against its source with
+   ``overlaybd verify``; a difference fails the task at once, not retried, with the summary line,
+   and the image is not recorded. Off: the conversion passes straight on.
+5. ``record`` — writes the manifests into the dedup database and the conversion onto the overlaybd
    page (Browse → overlaybd).
 
 On call: a task that failed after one try has a permanent error (its log says which: auth, not
@@ -34,13 +37,15 @@ from overlaybd_provider.operators import (
     OverlaybdPullOperator,
     OverlaybdPushOperator,
     OverlaybdRecordOperator,
+    OverlaybdVerifyStageOperator,
 )
 
 IMAGES_FILE = Path(__file__).with_name("overlaybd_images.yaml")
 POOL = os.environ.get("OVERLAYBD_POOL", "default_pool")
 HEAVY = {"pool": POOL, "max_active_tis_per_dagrun": int(os.environ.get("OVERLAYBD_MAX_PARALLEL", "2"))}
 LABEL = {"map_index_template": "{{ image }}"}
-RUN_PARAMS = ("algorithm", "block_size_kb", "vsize_gb", "oci", "src_registry_conn_id", "dst_registry_conn_id")
+RUN_PARAMS = ("algorithm", "block_size_kb", "vsize_gb", "oci", "src_registry_conn_id", "dst_registry_conn_id",
+              "flatten")
 
 
 @dag(
@@ -70,6 +75,11 @@ RUN_PARAMS = ("algorithm", "block_size_kb", "vsize_gb", "oci", "src_registry_con
                                       description="Default oci_registry connection for destinations."),
         "dedup_conn_id": Param("overlaybd_dedup", type="string", title="Dedup database connection",
                                description="mysql or sqlite connection; embedded SQLite when undefined."),
+        "flatten": Param(False, type="boolean", title="Flatten",
+                         description="All layers of each platform in one overlaybd layer (entries may override it)."),
+        "verify": Param(True, type="boolean", title="Verify",
+                        description="Check each pushed image against its source before it is recorded; a "
+                        "difference fails that image's verify task at once."),
     },
 )
 def overlaybd_nightly():
@@ -87,7 +97,7 @@ def overlaybd_nightly():
     @task_group(group_id="convert")
     def convert(source: str, destination: str, platforms: list[str], src_registry_conn_id: str | None,
                 dst_registry_conn_id: str | None, algorithm: str, block_size_kb: int, vsize_gb: int,
-                fstype: str | None, oci: bool):
+                fstype: str | None, oci: bool, flatten: bool = False):
         pull = OverlaybdPullOperator(
             task_id="pull",
             source=source,
@@ -98,6 +108,7 @@ def overlaybd_nightly():
             vsize_gb=vsize_gb,
             fstype=fstype,
             oci=oci,
+            flatten=flatten,
             src_registry_conn_id=src_registry_conn_id,
             dst_registry_conn_id=dst_registry_conn_id,
             dedup_conn_id="{{ params.dedup_conn_id }}",
@@ -105,7 +116,9 @@ def overlaybd_nightly():
         )
         build = Ext4LayerBuildOperator(task_id="build", conversion=pull.output, **HEAVY, **LABEL)
         push = OverlaybdPushOperator(task_id="push", conversion=build.output, **LABEL)
-        OverlaybdRecordOperator(task_id="record", conversion=push.output, **LABEL)
+        verify = OverlaybdVerifyStageOperator(task_id="verify", conversion=push.output, enabled="{{ params.verify }}",
+                                              **LABEL)
+        OverlaybdRecordOperator(task_id="record", conversion=verify.output, **LABEL)
 
     convert.expand_kwargs(list_images())
 

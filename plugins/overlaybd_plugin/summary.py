@@ -162,6 +162,9 @@ def row_json(row: ConversionRow) -> dict[str, Any]:
     task_id, map_index = task_of(row)
     data = {k: v for k, v in vars(row).items() if k != "details"}
     data.update(task_id=task_id, map_index=map_index)
+    # the verify stage's result and the --flatten layer-count change (None when not run / native)
+    details = row.details or {}
+    data.update(verify=details.get("verify"), flatten=details.get("flatten"))
     data["links"] = {
         "dag_run": dag_run_url(row.dag_id, row.run_id),
         "task_instance": task_instance_url(row.dag_id, row.run_id, task_id, map_index, row.try_number),

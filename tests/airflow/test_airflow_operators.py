@@ -147,6 +147,10 @@ def test_bad_options_fail_when_the_dag_is_parsed(source, tmp_path):
         OverlaybdPullOperator(task_id="pull", source=source, destination="x/y:z", block_size_kb=64)
     with pytest.raises(ValueError, match="algorithm 'gzip'"):
         OverlaybdConvertOperator(task_id="convert", source=source, destination="x/y:z", algorithm="gzip")
+    with pytest.raises(ValueError, match=r"pull: flatten 'sometimes': expected true or false"):
+        OverlaybdPullOperator(task_id="pull", source=source, destination="x/y:z", flatten="sometimes")
+    assert OverlaybdPullOperator(task_id="pull", source=source, destination="x/y:z", flatten="true").convert_options().flatten
+    assert not OverlaybdPullOperator(task_id="pull", source=source, destination="x/y:z").convert_options().flatten
     templated = OverlaybdConvertOperator(task_id="convert", source=source, destination=f"oci:{tmp_path / 'd'}",
                                          algorithm="{{ params.algorithm }}", use_dedup=False)
     templated.algorithm = "gzip"  # what the template rendered to

@@ -103,7 +103,8 @@ def live(tmp_path_factory) -> Iterator[tuple[LiveAirflow, dict]]:
         airflow.unpause("overlaybd_convert")
         good = airflow.trigger(
             "overlaybd_convert",
-            {"source": f"oci:{layout}:latest", "destination": f"oci:{home / 'target'}:overlaybd"},
+            {"source": f"oci:{layout}:latest", "destination": f"oci:{home / 'target'}:overlaybd",
+             "flatten": True, "verify": True},  # the row shows the verified and flattened badges
         )
         bad = airflow.trigger(
             "overlaybd_convert",
@@ -185,6 +186,12 @@ def test_page_in_light_and_dark_mode_fits_links_and_uses_the_theme(live, browser
             c["themeError"],
         ), c
         assert c["font"].startswith("Inter"), c["font"]  # Airflow's font
+
+        badge = page.locator("[data-testid=verify-badge]")  # the real conversion ran with verify + flatten
+        assert badge.count() == 1 and badge.inner_text() == "verified"
+        assert badge.get_attribute("title").startswith("0 differences: the image matches its source (")
+        flat = page.locator("[data-testid=flatten-badge]")
+        assert flat.count() == 1 and flat.inner_text().startswith("flattened ") and flat.inner_text().endswith("→ 1")
 
         failed = page.locator("[data-testid=failure-row]", has_text="no/such/layout")
         assert failed.count() == 1

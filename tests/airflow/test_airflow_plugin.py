@@ -161,3 +161,39 @@ def test_api_without_any_conversion_is_empty(tmp_path, auth):
         .json()
     )
     assert data["images"] == [] and data["failures"] == [] and data["totals"]["conversions"] == 0
+
+
+def test_api_rows_carry_the_verify_result_and_the_flatten_change(tmp_path, auth):
+    """The verify stage's result and the --flatten layer-count change reach the page (the
+    ``verified`` / ``flattened 10 → 1`` badges of a conversion row); a row without them has None."""
+    from overlaybd_plugin.app import create_app
+    from overlaybd_provider.hooks.conversion_log import ConversionRow
+
+    hook = OverlaybdDedupHook(sqlite_path=str(tmp_path / "page.db"))
+    summary = "0 differences: the image matches its source (423 paths, 3.1 MB of content hashed)"
+    common = {"source": "registry:5000/app:1", "target": "registry:5000/obd/app:1", "source_digest": "sha256:" + "a" * 64,
+              "target_digest": "sha256:" + "b" * 64, "dag_id": "overlaybd_nightly", "run_id": "manual__1"}
+    rows = [
+        ConversionRow(run_key="overlaybd_nightly|manual__1|convert.record|0", recorded_at="2026-11-27T01:00:00+00:00",
+                      layers_total=1, layers_built=1, details={
+                          "dedup": {"miss": 1}, "verify": {"identical": True, "differences": 0, "summary": summary},
+                          "flatten": {"source_layers": 10, "layers": 1, "source_bytes": 3_200_000, "bytes": 3_300_000}},
+                      **common),
+        ConversionRow(run_key="overlaybd_nightly|manual__1|convert.record|1", recorded_at="2026-11-27T00:00:00+00:00",
+                      layers_total=2, layers_built=2, details={"dedup": {"miss": 2}}, **common),
+    ]
+    conn = hook.get_conn()
+    try:
+        logbook = hook.conversion_log(conn, create=True)
+        for row in rows:
+            logbook.record(row)
+    finally:
+        conn.close()
+    data = (TestClient(create_app(lambda: hook))
+            .get("/api/conversions", headers={"Authorization": f"Bearer {auth['viewer']}"}).json())
+    newest, older = data["images"][0]["conversions"]
+    assert newest["verify"] == {"identical": True, "differences": 0, "summary": summary}
+    assert newest["flatten"]["source_layers"] == 10 and newest["flatten"]["layers"] == 1
+    assert older["verify"] is None and older["flatten"] is None
+    script = TestClient(create_app(lambda: hook)).get("/static/overlaybd-page.js").text
+    assert "function VerifyBadge" in script and "r.verify ? h(VerifyBadge" in script and "flattened ${" in script

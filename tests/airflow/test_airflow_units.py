@@ -19,6 +19,14 @@ from overlaybd_provider.operators.summary import conversion_row, summarize
 REPO = Path(__file__).resolve().parents[2]
 
 
+def test_image_list_flatten_key_and_run_default():
+    images = parse_image_list("- {source: a, destination: b, flatten: true}\n- {source: c, destination: d}\n",
+                              defaults={"flatten": False})
+    assert [i["flatten"] for i in images] == [True, False]
+    with pytest.raises(ImageListError, match=r"entry 0 \(a\): flatten 'maybe': expected true or false"):
+        parse_image_list("- {source: a, destination: b, flatten: maybe}\n")
+
+
 def test_image_list_yaml_json_and_errors():
     text = (REPO / "dags" / "overlaybd_images.yaml").read_text()
     images = parse_image_list(text)
@@ -206,13 +214,20 @@ def test_dag_structure_params_and_limits():
         "convert.pull",
         "convert.build",
         "convert.push",
+        "convert.verify",
         "convert.record",
     ]
     assert tasks["convert.build"].max_active_tis_per_dagrun == 2
     assert tasks["convert.build"].queue == "overlaybd" and tasks["convert.pull"].queue == "default"
     assert all(t.retry_policy is not None for t in nightly.tasks if t.task_id.startswith("convert."))
     assert all(tasks[f"convert.{t}"].map_index_template == "{{ image }}" for t in ("pull", "build", "record"))
-    assert tasks["convert.record"].upstream_task_ids == {"convert.push"}
+    # push -> verify -> record: a wrong image is never recorded; verify on by default here, off in convert
+    assert tasks["convert.verify"].upstream_task_ids == {"convert.push"}
+    assert tasks["convert.record"].upstream_task_ids == {"convert.verify"}
+    assert nightly.params.get_param("verify").value is True and convert.params.get_param("verify").value is False
+    assert nightly.params.get_param("flatten").value is False and convert.params.get_param("flatten").value is False
+    assert "flatten" in tasks["convert.pull"].template_fields and "enabled" in tasks["convert.verify"].template_fields
+    assert {"flatten", "verify"} <= set(convert.get_task("convert").template_fields)
     assert set(tasks["convert.pull"].template_fields) >= {"source", "destination", "platforms", "block_size_kb"}
     assert nightly.doc_md and "On call" in nightly.doc_md
 

@@ -72,9 +72,11 @@ def _image(store: LayoutStore, tag: str, layers: list[dict], diff_ids: list[str]
     return f"oci:{store.path}:{tag}"
 
 
-def tar_layout(layout: Path, tag: str, tars: Sequence[Path], *, compress: bool | Sequence[bool] = True) -> str:
+def tar_layout(layout: Path, tag: str, tars: Sequence[Path], *, compress: bool | Sequence[bool] = True,
+               config_extra: Mapping | None = None) -> str:
     """A source image of layer tars: plain tars are gzip'd (mtime 0) where ``compress`` says so
-    (one flag for all, or one per layer); .gz / .zst files are used as they are."""
+    (one flag for all, or one per layer); .gz / .zst files are used as they are. ``config_extra``:
+    more config fields (``history``, ``created``)."""
     store = LayoutStore(layout)
     work = Path(tempfile.mkdtemp(prefix="obdimages-"))
     try:
@@ -101,7 +103,7 @@ def tar_layout(layout: Path, tag: str, tars: Sequence[Path], *, compress: bool |
             digest, size = _put(store, blob)
             media = OBD_LAYER + ("" if kind == "none" else f"+{kind}")
             layers.append({"mediaType": media, "digest": digest, "size": size})
-        return _image(store, tag, layers, diff_ids, work)
+        return _image(store, tag, layers, diff_ids, work, config_extra)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

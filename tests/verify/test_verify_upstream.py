@@ -93,19 +93,6 @@ def test_upstream_oracle_conversion_reports_only_its_rounded_mtimes(oracle_conve
     assert plat["e2fsck"]["ran"] and plat["e2fsck"]["exit_code"] == 0
 
 
-def test_turbo_oci_layers_are_refused_in_one_line(fixtures_dir: Path, tmp_path: Path) -> None:
-    """TurboOCI layers read file data from the source blob: not supported yet (formats/ gets the reader)."""
-    fx = fixtures_dir / "upstream-turbo"
-    descs = [json.loads((fx / "simple-ext4" / f"layer-{i}.desc").read_text()) for i in (1, 2)]
-    src = tar_layout(tmp_path / "src", "v1", [fx / "L1.tar.gz", fx / "L2.tar"])
-    dst = blob_layout(tmp_path / "dst", "v1", [fx / "simple-ext4" / f"layer-{i}.turbo.tar.gz" for i in (1, 2)],
-                      descriptors=descs)
-    proc = verify_cli(src, dst)
-    assert proc.returncode == 2 and proc.stdout == ""
-    assert proc.stderr == (f"overlaybd: error: layer 1 ({descs[0]['digest']}) is a TurboOCI layer: "
-                           "verify cannot read TurboOCI layers yet\n")
-
-
 def test_upstream_published_hello_world_shows_its_lost_found_quirk(fixtures_dir: Path) -> None:
     """docker hello-world as upstream's converter published it: the tree is right, and both the structural
     checks and e2fsck report the broken lost+found htree of upstream's mkfs (ext4-profile.md §5)."""

@@ -254,6 +254,15 @@ function Failures({ rows }) {
   );
 }
 
+// the optional verify stage's result (overlaybd verify after push): its summary line on hover
+function VerifyBadge({ verify: v }) {
+  return h(
+    Badge,
+    { colorPalette: v.identical ? "success" : "red", variant: "subtle", size: "sm", title: v.summary, "data-testid": "verify-badge" },
+    v.identical ? "verified" : `${v.differences} difference(s)`,
+  );
+}
+
 function ConversionRow({ row: r }) {
   const [day, time] = when(r.recorded_at);
   const ok = r.status === "success";
@@ -287,12 +296,20 @@ function ConversionRow({ row: r }) {
         null,
         h(Mono, null, r.target || "—"),
         r.target_digest ? h(Box, null, h(Mono, { color: "fg.muted", title: r.target_digest }, short(r.target_digest))) : null,
-        platforms.length || r.manifest_cached
+        platforms.length || r.manifest_cached || r.verify || r.flatten
           ? h(
               Flex,
               { gap: 1, wrap: "wrap", mt: 1 },
               platforms.map((p) => h(Badge, { key: p, variant: "outline", size: "sm" }, p)),
               r.manifest_cached ? h(Badge, { colorPalette: "success", variant: "subtle", size: "sm" }, "manifest cache") : null,
+              r.verify ? h(VerifyBadge, { verify: r.verify }) : null,
+              r.flatten
+                ? h(
+                    Badge,
+                    { variant: "subtle", size: "sm", "data-testid": "flatten-badge", title: `${bytes(r.flatten.source_bytes)} → ${bytes(r.flatten.bytes)}` },
+                    `flattened ${r.flatten.source_layers} → ${r.flatten.layers}`,
+                  )
+                : null,
             )
           : null,
       ),

@@ -11,8 +11,12 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from overlaybd_provider.engine.options import ALGORITHMS, ConvertOptions, parse_fstype
+
+if TYPE_CHECKING:
+    from overlaybd_provider.engine.report import ConvertReport
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +43,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     img.add_argument("--oci", action="store_true", help="OCI media types instead of Docker's")
     img.add_argument("--referrer", action="store_true",
                      help="add subject and artifactType pointing at the source (implies --oci)")
+    img.add_argument("--flatten", action="store_true",
+                     help="all layers of each platform in one overlaybd layer (faster start for many layers)")
     img.add_argument("--platform", action="append", default=[], metavar="OS/ARCH[/VARIANT]",
                      help="convert only these platforms of an index (repeatable or comma list; default all)")
     db = p.add_argument_group("dedup database")
@@ -75,6 +81,7 @@ def options_from_args(args: argparse.Namespace) -> ConvertOptions:
         no_upload=args.no_upload, dump_manifest=args.dump_manifest, output_json=args.output_json,
         blob_cache=None if args.blob_cache in (None, "none") else Path(args.blob_cache),
         blob_cache_max_bytes=0 if args.blob_cache == "none" else int(args.blob_cache_size * (1 << 30)),
+        flatten=args.flatten,
     )
 
 
@@ -103,5 +110,15 @@ def run(args: argparse.Namespace) -> int:
     if options.dump_manifest:
         for digest, text in report.documents.items():
             sys.stdout.write(json.dumps({"digest": digest, "document": json.loads(text)}) + "\n")
+    _log_flatten(report)
     print(report.target["digest"])
     return 0
+
+
+def _log_flatten(report: ConvertReport) -> None:
+    """One stderr line per flattened platform: the layer-count and size change."""
+    from overlaybd_provider.engine.report import describe_flatten
+
+    for manifest in report.manifests:
+        if manifest.flatten:
+            log.info("[%s] %s", manifest.platform or "image", describe_flatten(manifest.flatten))

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ALGORITHMS",
     "BLOCK_SIZES_KB",
+    "FLATTEN_MARK",
     "ConvertOptions",
     "FsType",
     "OptionsError",
@@ -36,6 +37,8 @@ BLOCK_SIZES_KB = (4, 8, 16, 32)
 #   2 - same bytes, but every layer row is written only after the layer's uncompressed content was
 #       checked against the config's diff_id; format-1 rows may be poisoned (docs/dedup.md).
 CONVERTER_FORMAT = 2
+#: marks the format id of flattened layers (``--flatten``: all layers of an image in one)
+FLATTEN_MARK = "flat1"
 # Mkfs options we implement, mapped to the ext4 writer's keyword (the ext4 profile is fixed
 # otherwise; upstream's other mke2fs switches would silently change nothing here).
 _MKFS_FLAGS = {"-N": "inodes_count", "-i": "inode_ratio", "-m": "reserved_percent"}
@@ -169,6 +172,8 @@ class ConvertOptions:
     # Local blob cache (engine/blobcache.py): None = $XDG_CACHE_HOME/overlaybd/blobs; max 0 disables it.
     blob_cache: Path | None = None
     blob_cache_max_bytes: int = 20 << 30
+    #: every layer of an image in one overlaybd layer (its own format id and dedup rows)
+    flatten: bool = False
 
     def blob_cache_store(self) -> BlobCache | None:
         """The :class:`~.blobcache.BlobCache` these options select, or None when disabled."""
@@ -198,9 +203,10 @@ class ConvertOptions:
         Bump :data:`CONVERTER_FORMAT` whenever the writer's output bytes change; the compressor
         library version is part of it because compressor releases change compressed bytes."""
         mkfs = "".join(f",{k}={v}" for k, v in self.fstype.mkfs_options)
+        flat = f"/{FLATTEN_MARK}" if self.flatten else ""
         return (
             f"obdpy{CONVERTER_FORMAT}/{self.algorithm}-{_compressor_version(self.algorithm)}"
-            f"/{self.block_size_kb}k/v{self.vsize_gb}/{self.fstype.name}{mkfs}"
+            f"/{self.block_size_kb}k/v{self.vsize_gb}/{self.fstype.name}{mkfs}{flat}"
         )
 
     def manifest_format_id(self) -> str:

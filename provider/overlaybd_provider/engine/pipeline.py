@@ -180,7 +180,7 @@ class Pipeline:
             downloads.pop(layer.index).result()
         self._ensure_lowers(image, layer, downloads)
         with ws.layer_lock(layer):
-            if not ws.source_blob(layer).exists():  # a retry whose earlier try deleted it
+            if not layerops.sources_present(ws, layer):  # a retry whose earlier try deleted it
                 layerops.fetch_source(ws, self.src, layer, self.cache)
             result = layerops.build_layer(ws, image, layer, self.options, cache=self.cache)
             layer.bytes_in += result.bytes_in

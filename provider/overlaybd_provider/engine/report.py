@@ -10,8 +10,8 @@ from typing import Any
 
 from overlaybd_provider.engine.plan.model import ImagePlan, LayerPlan, Plan
 
-__all__ = ["ConvertReport", "LayerReport", "ManifestReport", "Progress", "build_report", "describe_layer_event", "emit",
-           "human_bytes", "human_seconds"]
+__all__ = ["ConvertReport", "LayerReport", "ManifestReport", "Progress", "build_report", "describe_flatten",
+           "describe_layer_event", "emit", "flatten_change", "human_bytes", "human_seconds"]
 
 log = logging.getLogger("overlaybd_provider.engine.progress")
 
@@ -42,6 +42,8 @@ class ManifestReport:
     size: int | None
     cached: bool
     layers: list[LayerReport] = field(default_factory=list)  # a cached manifest's: dedup "cache"
+    #: ``--flatten``: ``{"source_layers", "source_bytes", "layers", "bytes"}`` (see :func:`flatten_change`)
+    flatten: dict[str, int] | None = None
 
 
 @dataclass
@@ -58,6 +60,9 @@ class ConvertReport:
         doc = asdict(self)
         if not self.documents:
             doc.pop("documents")
+        for manifest in doc["manifests"]:
+            if manifest["flatten"] is None:
+                del manifest["flatten"]
         return doc
 
     def dumps(self) -> str:
@@ -75,6 +80,25 @@ def _layer_report(layer: LayerPlan, *, cached: bool = False) -> LayerReport:
     )
 
 
+def flatten_change(image: ImagePlan) -> dict[str, int] | None:
+    """Layer count and bytes before (the source layers, as stored) and after (the flattened
+    blob, once known) of a flattened image; None for a native conversion."""
+    flat = [layer for layer in image.layers if layer.parts is not None]
+    if not flat:
+        return None
+    return {"source_layers": sum(len(layer.parts or ()) for layer in flat),
+            "source_bytes": sum(int(p["size"]) for layer in flat for p in layer.parts or ()),
+            "layers": len(image.layers), "bytes": sum(layer.size or 0 for layer in image.layers)}
+
+
+def describe_flatten(change: dict[str, int]) -> str:
+    """``flattened 10 layers (1.2 MiB) into 1 (900.0 KiB, -25.0%)``."""
+    before, after = change["source_bytes"], change["bytes"]
+    pct = f", {100.0 * (after - before) / before:+.1f}%" if before and after else ""
+    return (f"flattened {change['source_layers']} layers ({human_bytes(before)}) into {change['layers']} "
+            f"({human_bytes(after)}{pct})")
+
+
 def build_report(plan: Plan, pushed: dict[str, Any] | None, seconds: float = 0.0) -> ConvertReport:
     """The report of a conversion from its plan (digests, dedup outcomes, build statistics and
     recorded costs live in the layer plans) and what was pushed."""
@@ -88,6 +112,7 @@ def build_report(plan: Plan, pushed: dict[str, Any] | None, seconds: float = 0.0
                 platform=image.platform, source_digest=image.source_digest, digest=done.get("digest"),
                 size=done.get("size"), cached=bool(image.cached),
                 layers=[_layer_report(layer, cached=bool(image.cached)) for layer in image.layers],
+                flatten=flatten_change(image),
             )
         )
     return ConvertReport(
@@ -95,7 +120,8 @@ def build_report(plan: Plan, pushed: dict[str, Any] | None, seconds: float = 0.0
                 "size": plan.source_size},
         target={"reference": plan.target, "digest": pushed.get("digest"), "media_type": pushed.get("media_type"),
                 "size": pushed.get("size")},
-        options={k: plan.options[k] for k in ("algorithm", "block_size_kb", "vsize_gb", "fstype", "oci", "referrer")},
+        options={**{k: plan.options[k] for k in ("algorithm", "block_size_kb", "vsize_gb", "fstype", "oci", "referrer")},
+                 **({"flatten": True} if plan.options.get("flatten") else {})},
         manifests=manifests, seconds=round(seconds, 3),
     )
 
@@ -126,7 +152,9 @@ def describe_layer_event(event: dict[str, Any]) -> str:
     """The one line a layer event gets: ``layer 2/3 3f2a1b2c4d5e: built 2.1 MiB → 1.2 MiB in
     0.40 s (5.2 MiB/s)`` (reused: ``reused (mount)``)."""
     what = str(event.get("what", ""))
-    head = f"layer {int(event.get('index', 0)) + 1}/{event.get('count', '?')} {str(event.get('chain_id', ''))[7:19]}"
+    chain = str(event.get("chain_id", ""))
+    short = chain.rsplit(":", 1)[-1][:12] + (" (flattened)" if chain.startswith("flat:") else "")
+    head = f"layer {int(event.get('index', 0)) + 1}/{event.get('count', '?')} {short}"
     if what == "reused":
         return f"{head}: reused ({event.get('dedup')})"
     bytes_in, bytes_out = int(event.get("bytes_in") or 0), int(event.get("bytes_out") or 0)

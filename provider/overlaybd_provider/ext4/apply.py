@@ -83,6 +83,17 @@ class _HashingWriter:
         return "sha256:" + self._h.hexdigest()
 
 
+@dataclass(frozen=True)
+class TarInput:
+    """One source tar of an apply: the stream, the diff_id its uncompressed content must have
+    and the verified digest of the stream itself (saves hashing a plain tar); see
+    :func:`apply_to_stack`."""
+
+    tar: BinaryIO
+    diff_id: str | None = None
+    source_digest: str | None = None
+
+
 def apply_to_stack(lower: LowerStack | None, tar: BinaryIO, out: BinaryIO, *, vsize_gb: int = 64,
                    raw: bool = False, algorithm: str = "lz4", block_size_kb: int = 4,
                    uuid: str | None = None, parent_uuid: str | None = None,
@@ -96,9 +107,26 @@ def apply_to_stack(lower: LowerStack | None, tar: BinaryIO, out: BinaryIO, *, vs
     after the whole tar was read and before anything is sealed, so a lying source never yields a
     layer. ``source_digest``: the verified digest of ``tar`` itself (saves hashing a plain tar).
     """
+    return apply_tars_to_stack(lower, [TarInput(tar, diff_id, source_digest)], out, vsize_gb=vsize_gb, raw=raw,
+                               algorithm=algorithm, block_size_kb=block_size_kb, uuid=uuid,
+                               parent_uuid=parent_uuid, mkfs_options=mkfs_options, spool_dir=spool_dir)
+
+
+def apply_tars_to_stack(lower: LowerStack | None, tars: Sequence[TarInput], out: BinaryIO, *,
+                        vsize_gb: int = 64, raw: bool = False, algorithm: str = "lz4", block_size_kb: int = 4,
+                        uuid: str | None = None, parent_uuid: str | None = None,
+                        mkfs_options: MkfsOptions | str | None = None,
+                        spool_dir: str | None = None, trim: bool = False) -> StackApplyStats:
+    """Apply several tars in order onto **one** upper layer over ``lower``, then seal it once
+    (``--flatten``). Each tar is applied with its own layer state (OCI whiteouts hide only what
+    is below their own layer) and checked against its diff_id before the next one starts
+    (:class:`DiffIdMismatchError` names the tar by its position when there are several).
+    ``trim`` (no lower only): blocks a later tar freed are left out of the layer (:mod:`.trim`)."""
     from overlaybd_provider.formats.blob import LayerBlobWriter
     from overlaybd_provider.formats.lsmt_writer import LSMTWriter
 
+    if not tars:
+        raise ValueError("apply_tars_to_stack needs at least one tar")
     if lower is None:
         vsize = vsize_gb * GIB
     elif lower.virtual_size:
@@ -116,26 +144,25 @@ def apply_to_stack(lower: LowerStack | None, tar: BinaryIO, out: BinaryIO, *, vs
             raise ValueError(f"unknown ZFile algorithm {algorithm!r} (use lz4 or zstd)")
         compressor = BatchCompressor(ALGORITHMS[algorithm], BLOCK_SIZE, zstd_threads=min(2, os.cpu_count() or 1))
     dev = OverlayBlockDevice(lower, block_count=vsize // BLOCK_SIZE, spool_dir=spool_dir, compressor=compressor,
-                             expect_bytes=_file_size(tar))
+                             expect_bytes=_total_size(tars))
     try:
         if lower is None:
             opts = mkfs_options if isinstance(mkfs_options, MkfsOptions) else MkfsOptions.parse(mkfs_options)
             fs = mkfs(dev, opts)
         else:
             fs = Filesystem(dev)
-        stream, compression = decompressed(tar, digest=diff_id is not None, plain_digest=source_digest)
-        try:
-            counter = ForwardReader(stream)
-            tf = open_tar_stream(counter)
-            stats = apply_tar(fs, tf, name=str(getattr(tar, "name", "layer")))
-            while counter.read(1 << 20):  # drain padding: counts the whole tar, checks gzip/zstd trailers
-                pass
-            if diff_id is not None and (got := content_digest(stream)) != diff_id:
-                raise DiffIdMismatchError(f"content {got} does not match the config's diff_id {diff_id}")
-        except BaseException:
-            _close_quietly(stream)  # stops a decoder process still running; the first error wins
-            raise
-        stream.close()
+        stats, tar_bytes, kinds = ApplyStats(), 0, []
+        for n, item in enumerate(tars):
+            one, count, compression = _apply_one(fs, item, n if len(tars) > 1 else None)
+            tar_bytes += count
+            kinds.append(compression)
+            for name in ("entries", "files", "dirs", "data_bytes", "clamped_times"):
+                setattr(stats, name, getattr(stats, name) + getattr(one, name))
+        compression = ",".join(dict.fromkeys(kinds))
+        if trim:
+            from overlaybd_provider.ext4.trim import trim_free_blocks
+
+            log.debug("flattened layer: %d free blocks left out", trim_free_blocks(fs, dev))
         if compressor is not None:
             from overlaybd_provider.ext4.seal import seal_blob
 
@@ -160,12 +187,37 @@ def apply_to_stack(lower: LowerStack | None, tar: BinaryIO, out: BinaryIO, *, vs
                 blob.abort()
                 raise
         log.debug("layer: %d entries, %d blocks written, %d tar bytes (%s)", stats.entries, blocks,
-                 counter.count, compression)
+                  tar_bytes, compression)
     except BaseException:
         _close_quietly(dev)
         raise
     dev.close()
-    return StackApplyStats(blocks, stats, counter.count, compression, vsize, digest, size)
+    return StackApplyStats(blocks, stats, tar_bytes, compression, vsize, digest, size)
+
+
+def _apply_one(fs: Filesystem, item: TarInput, position: int | None) -> tuple[ApplyStats, int, str]:
+    """One tar onto ``fs`` (its own layer state), drained and checked against its diff_id."""
+    tar = item.tar
+    stream, compression = decompressed(tar, digest=item.diff_id is not None, plain_digest=item.source_digest)
+    try:
+        counter = ForwardReader(stream)
+        tf = open_tar_stream(counter)
+        stats = apply_tar(fs, tf, name=str(getattr(tar, "name", "layer")))
+        while counter.read(1 << 20):  # drain padding: counts the whole tar, checks gzip/zstd trailers
+            pass
+        if item.diff_id is not None and (got := content_digest(stream)) != item.diff_id:
+            where = f"source layer {position + 1}: " if position is not None else ""
+            raise DiffIdMismatchError(f"{where}content {got} does not match the config's diff_id {item.diff_id}")
+    except BaseException:
+        _close_quietly(stream)  # stops a decoder process still running; the first error wins
+        raise
+    stream.close()
+    return stats, counter.count, compression
+
+
+def _total_size(tars: Sequence[TarInput]) -> int | None:
+    sizes = [_file_size(t.tar) for t in tars]
+    return None if any(s is None for s in sizes) else sum(sizes)  # type: ignore[misc]
 
 
 def _file_size(f: BinaryIO) -> int | None:
@@ -185,6 +237,10 @@ def _close_quietly(obj: object) -> None:
         log.debug("closing %r after an error failed too: %s", obj, exc)
 
 
+#: one source tar of :func:`apply_layers`: ``(path or stream, diff_id, source_digest)``
+TarSpec = tuple["str | os.PathLike[str] | BinaryIO", "str | None", "str | None"]
+
+
 def apply_layer(lowers: Sequence[str | os.PathLike[str]], tar_path_or_fileobj: str | os.PathLike[str] | BinaryIO,
                 out_path: str | os.PathLike[str], *, vsize_gb: int = 64, algorithm: str = "lz4",
                 block_size_kb: int = 4, raw: bool = False, uuid: str | None = None,
@@ -192,6 +248,19 @@ def apply_layer(lowers: Sequence[str | os.PathLike[str]], tar_path_or_fileobj: s
                 diff_id: str | None = None, source_digest: str | None = None) -> ApplyResult:
     """Apply one layer tar over the lower blobs (bottom first) and write ``out_path``
     (``diff_id``/``source_digest``: see :func:`apply_to_stack`)."""
+    return apply_layers(lowers, [(tar_path_or_fileobj, diff_id, source_digest)], out_path, vsize_gb=vsize_gb,
+                        algorithm=algorithm, block_size_kb=block_size_kb, raw=raw, uuid=uuid,
+                        parent_uuid=parent_uuid, mkfs_options=mkfs_options)
+
+
+def apply_layers(lowers: Sequence[str | os.PathLike[str]], tars: Sequence[TarSpec],
+                 out_path: str | os.PathLike[str], *, vsize_gb: int = 64, algorithm: str = "lz4",
+                 block_size_kb: int = 4, raw: bool = False, uuid: str | None = None,
+                 parent_uuid: str | None = None, mkfs_options: MkfsOptions | str | None = None,
+                 trim: bool = False) -> ApplyResult:
+    """Apply several layer tars, bottom first, onto one upper layer over the lower blobs and write
+    it to ``out_path`` (one tar: :func:`apply_layer`; several: a flattened layer, ``trim``: see
+    :func:`apply_tars_to_stack`)."""
     from overlaybd_provider.formats.stack import LayerStack
     from overlaybd_provider.formats.turbo import open_layer_spec
 
@@ -202,13 +271,16 @@ def apply_layer(lowers: Sequence[str | os.PathLike[str]], tar_path_or_fileobj: s
     try:
         stack = LayerStack([lf.lsmt for lf in layers], check_chain=False) if layers else None
         with contextlib.ExitStack() as stack_ctx:
-            if isinstance(tar_path_or_fileobj, (str, os.PathLike)):
-                try:
-                    tar = stack_ctx.enter_context(open(tar_path_or_fileobj, "rb"))
-                except OSError as exc:
-                    raise Ext4Error(f"{tar_path_or_fileobj}: cannot open: {exc.strerror}") from None
-            else:
-                tar = tar_path_or_fileobj
+            inputs = []
+            for tar_path_or_fileobj, diff_id, source_digest in tars:
+                if isinstance(tar_path_or_fileobj, (str, os.PathLike)):
+                    try:
+                        tar = stack_ctx.enter_context(open(tar_path_or_fileobj, "rb"))
+                    except OSError as exc:
+                        raise Ext4Error(f"{tar_path_or_fileobj}: cannot open: {exc.strerror}") from None
+                else:
+                    tar = tar_path_or_fileobj
+                inputs.append(TarInput(tar, diff_id, source_digest))
             # the output, its temporary name and the spool files all live in out_path's directory:
             # a full disk there (or in the compressor process writing the spool) names out_path
             with writing(out_path):
@@ -219,10 +291,10 @@ def apply_layer(lowers: Sequence[str | os.PathLike[str]], tar_path_or_fileobj: s
                 os.fchmod(fd, 0o666 & ~umask)
                 out = os.fdopen(fd, "w+b")
                 try:
-                    res = apply_to_stack(stack, tar, out, vsize_gb=vsize_gb, raw=raw, algorithm=algorithm,
-                                         block_size_kb=block_size_kb, uuid=uuid, parent_uuid=parent_uuid,
-                                         mkfs_options=mkfs_options, spool_dir=str(out_path.parent),
-                                         diff_id=diff_id, source_digest=source_digest)
+                    res = apply_tars_to_stack(stack, inputs, out, vsize_gb=vsize_gb, raw=raw, algorithm=algorithm,
+                                              block_size_kb=block_size_kb, uuid=uuid, parent_uuid=parent_uuid,
+                                              mkfs_options=mkfs_options, spool_dir=str(out_path.parent),
+                                              trim=trim)
                     out.flush()
                 except BaseException:
                     _close_quietly(out)  # its flush may fail again on a full disk: the first error wins

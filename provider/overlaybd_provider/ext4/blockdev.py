@@ -112,6 +112,7 @@ class OverlayBlockDevice:
         self._tgt_sect: list[int] = []
         self._zs: CompressedSpool | None = None
         self._shadowed = 0  # singles written over blocks of compressed runs
+        self._discard: list[tuple[int, int]] = []  # blocks left out of the seal (discard)
         if compressor is not None:
             from overlaybd_provider.formats.zfile_spool import CompressedSpool
 
@@ -361,10 +362,41 @@ class OverlayBlockDevice:
     def blocks_written(self) -> int:
         return len(self._single) + sum(self._run_len) - self._shadowed
 
+    def discard(self, ranges: list[tuple[int, int]]) -> None:
+        """Leave blocks out of the sealed layer: sorted, disjoint ``(first, count)`` ranges of
+        blocks the filesystem no longer uses (a flattened layer: data a later tar deleted or
+        rewrote). Without a lower layer an unmapped block reads as zeros, which is all a free
+        block may hold; with one it would show the lower's bytes, so this refuses."""
+        if self.lower is not None:
+            raise ValueError("discard needs a device without a lower layer")
+        self._discard = list(ranges)
+
     def pieces(self) -> Iterator[tuple[int, int, bool, int]]:
         """(block, count, compressed, slot) pieces of the upper store in ascending block order;
         ``slot`` is a raw-spool slot, or a z-slot when ``compressed``. Singles written over a
-        compressed run split it."""
+        compressed run split it; :meth:`discard`-ed blocks are left out."""
+        ranges = self._discard
+        if not ranges:
+            yield from self._all_pieces()
+            return
+        i, n = 0, len(ranges)
+        for blk, cnt, comp, slot in self._all_pieces():
+            end = blk + cnt
+            while i < n and ranges[i][0] + ranges[i][1] <= blk:
+                i += 1
+            cur, j = blk, i
+            while j < n and ranges[j][0] < end:
+                first, count = ranges[j]
+                if first > cur:
+                    yield cur, first - cur, comp, slot + (cur - blk)
+                cur = max(cur, first + count)
+                if first + count > end:
+                    break
+                j += 1
+            if cur < end:
+                yield cur, end - cur, comp, slot + (cur - blk)
+
+    def _all_pieces(self) -> Iterator[tuple[int, int, bool, int]]:
         self._flush_pending()
         singles = sorted(self._single.items())
         zrun = self.compressor is not None

@@ -10,7 +10,7 @@ from overlaybd_provider.operators.stages import (
     OverlaybdRecordOperator,
     ZFileCompressOperator,
 )
-from overlaybd_provider.operators.verify import OverlaybdVerifyOperator
+from overlaybd_provider.operators.verify import OverlaybdVerifyOperator, OverlaybdVerifyStageOperator
 
 __all__ = [
     "Ext4LayerBuildOperator",
@@ -19,5 +19,6 @@ __all__ = [
     "OverlaybdPushOperator",
     "OverlaybdRecordOperator",
     "OverlaybdVerifyOperator",
+    "OverlaybdVerifyStageOperator",
     "ZFileCompressOperator",
 ]

@@ -29,7 +29,7 @@ from overlaybd_provider.operators import settings
 from overlaybd_provider.operators.failures import OverlaybdRetryPolicy, engine_errors
 from overlaybd_provider.operators.summary import conversion_row
 
-OPTION_FIELDS = ("algorithm", "block_size_kb", "vsize_gb", "fstype", "oci", "referrer")
+OPTION_FIELDS = ("algorithm", "block_size_kb", "vsize_gb", "fstype", "oci", "referrer", "flatten")
 CONNECTION_FIELDS = ("src_registry_conn_id", "dst_registry_conn_id", "dedup_conn_id")
 
 
@@ -71,21 +71,26 @@ def as_bool(value: Any) -> bool:
     return bool(value)
 
 
+_BOOL_WORDS = {"1", "0", "true", "false", "yes", "no", "on", "off", ""}
+
+
 def utc_now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def convert_options(*, algorithm: Any, block_size_kb: Any, vsize_gb: Any, fstype: Any, oci: Any, referrer: Any,
-                    platforms: Any = None):
+                    platforms: Any = None, flatten: Any = False):
     """``ConvertOptions`` from operator arguments (strings from templates included); raises the
     engine's ``OptionsError`` naming the argument (``block_size_kb``), not the CLI flag."""
     from overlaybd_provider.engine.options import ConvertOptions, OptionsError
 
+    if isinstance(flatten, str) and flatten.strip().lower() not in _BOOL_WORDS:
+        raise OptionsError(f"flatten {flatten!r}: expected true or false")
     try:
         return ConvertOptions(
             algorithm=str(algorithm), block_size_kb=int(block_size_kb), vsize_gb=int(vsize_gb),
             fstype=str(fstype or "ext4"), oci=as_bool(oci), referrer=as_bool(referrer),
-            platforms=tuple(as_platforms(platforms)),
+            platforms=tuple(as_platforms(platforms)), flatten=as_bool(flatten),
         )
     except (TypeError, ValueError) as exc:
         raise OptionsError(f"invalid conversion option: {exc}") from None
@@ -208,4 +213,4 @@ class OverlaybdBaseOperator(BaseOperator):
 def describe_options(options: Any) -> str:
     """``lz4 4K vsize 64G ext4`` (+ ``oci``/``referrer``) for log lines."""
     text = f"{options.algorithm} {options.block_size_kb}K vsize {options.vsize_gb}G {options.fstype.text}"
-    return text + "".join(f" {flag}" for flag in ("oci", "referrer") if getattr(options, flag))
+    return text + "".join(f" {flag}" for flag in ("oci", "referrer", "flatten") if getattr(options, flag, False))

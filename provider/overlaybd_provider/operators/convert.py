@@ -36,16 +36,19 @@ class OverlaybdConvertOperator(OverlaybdPullOperator):
     """Convert ``source`` to overlaybd at ``destination`` in one task: pull, build (ext4 + ZFile),
     push and record, with the arguments of :class:`OverlaybdPullOperator`. Runs on the
     ``[overlaybd] queue`` (default ``overlaybd``); ``keep_work_dir`` keeps the work directory for
-    inspection."""
+    inspection. ``verify`` (templated) checks the pushed image against its source before it is
+    recorded (``overlaybd verify``): a difference fails the task at once with the summary line."""
 
     operator_extra_links = (OverlaybdImageLink(),)
+    template_fields = (*OverlaybdPullOperator.template_fields, "verify")
 
-    def __init__(self, *, keep_work_dir: bool = False, **kwargs: Any) -> None:
+    def __init__(self, *, keep_work_dir: bool = False, verify: bool | str = False, **kwargs: Any) -> None:
         kwargs.pop("keep_staging", None)
         kwargs.setdefault("queue", settings.heavy_queue())
         kwargs["outlets"] = with_converted_outlet(kwargs.get("outlets"))  # the image, as an asset event
         super().__init__(**kwargs)
         self.keep_work_dir = keep_work_dir
+        self.verify = verify
         self.image_url: str | None = None
 
     def _work_dir(self, context: Any):
@@ -58,6 +61,15 @@ class OverlaybdConvertOperator(OverlaybdPullOperator):
         parts = [getattr(ti, "dag_id", None) or "manual", getattr(ti, "run_id", None) or "manual",
                  getattr(ti, "task_id", None) or self.task_id, str(getattr(ti, "map_index", -1))]
         return base / "__".join(_safe(p) for p in parts)
+
+    def _verify(self, report: dict[str, Any]) -> dict[str, Any]:
+        """The pushed image (pinned to its digest) against the source; raises on a difference."""
+        from overlaybd_provider.oci.reference import parse_reference
+        from overlaybd_provider.operators.verify import run_verify, verify_field
+
+        target = str(parse_reference(self.destination).with_digest(str(report["target"]["digest"])))
+        return verify_field(run_verify(self, self.source, target, platforms=self.platforms,
+                                       src_conn=self.src_registry_conn_id, dst_conn=self.dst_registry_conn_id))
 
     @staticmethod
     def _retries_left(context: Any) -> bool:
@@ -96,6 +108,8 @@ class OverlaybdConvertOperator(OverlaybdPullOperator):
                 ).to_json()
             seconds = round(time.monotonic() - started, 3)
             summary = summarize(report)
+            if as_bool(self.verify):
+                summary["verify"] = self._verify(report)
             emit_converted(context, report, self.outlets)
             if hook is not None:
                 self.log_conversion(hook, conn, context, summary, seconds)

@@ -53,6 +53,8 @@ class OverlaybdPullOperator(OverlaybdBaseOperator):
         anonymous
     :param dedup_conn_id: dedup database (mysql or sqlite connection; default ``overlaybd_dedup``,
         else an embedded SQLite file)
+    :param flatten: all layers of each platform in one overlaybd layer (``convert --flatten``);
+        travels to the later stages in the plan
     """
 
     template_fields = ("source", "destination", "platforms", *OPTION_FIELDS, *CONNECTION_FIELDS, "use_dedup")
@@ -73,6 +75,7 @@ class OverlaybdPullOperator(OverlaybdBaseOperator):
         dst_registry_conn_id: str | None = None,
         dedup_conn_id: str | None = None,
         use_dedup: bool | str = True,
+        flatten: bool | str = False,
         **kwargs: Any,
     ) -> None:
         for legacy in ("staging_base", "staging"):
@@ -93,13 +96,14 @@ class OverlaybdPullOperator(OverlaybdBaseOperator):
         self.dst_registry_conn_id = dst_registry_conn_id
         self.dedup_conn_id = dedup_conn_id
         self.use_dedup = use_dedup
+        self.flatten = flatten
         self.validate_options()
 
     def convert_options(self):
         with self.engine_call("conversion options"):
             return convert_options(algorithm=self.algorithm, block_size_kb=self.block_size_kb,
                                    vsize_gb=self.vsize_gb, fstype=self.fstype, oci=self.oci,
-                                   referrer=self.referrer, platforms=self.platforms)
+                                   referrer=self.referrer, platforms=self.platforms, flatten=self.flatten)
 
     def connections(self) -> dict[str, Any]:
         return {"src_registry_conn_id": self.src_registry_conn_id or None,
@@ -296,6 +300,10 @@ class OverlaybdRecordOperator(_Stage):
                 result = engine_stages().record(conversion, dedup=store)
                 seconds = self._elapsed(started)
                 summary = summarize(engine_stages().report(result, seconds))
+            if conversion.get("verified"):  # the optional verify stage ran (operators/verify.py)
+                from overlaybd_provider.operators.verify import verify_field
+
+                summary["verify"] = verify_field(conversion["verified"])
             if hook is not None:
                 self.log_conversion(hook, conn, context, summary, seconds)
         finally:
@@ -324,3 +332,7 @@ def log_summary(log: Any, summary: Mapping[str, Any]) -> None:
         human_seconds(float(summary.get("seconds") or 0.0)),
         f"; reuse avoided {human_seconds(saved)} of recorded build time" if saved else "",
     )
+    flat = summary.get("flatten")
+    if flat:
+        log.info("flattened %s source layer(s) (%s) into %s (%s)", flat["source_layers"],
+                 human_bytes(flat["source_bytes"]), flat["layers"], human_bytes(flat["bytes"]))

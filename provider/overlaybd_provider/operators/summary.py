@@ -54,7 +54,18 @@ def summarize(report: Mapping[str, Any]) -> dict[str, Any]:
         "built_seconds": round(sum(float(x.get("seconds") or 0.0) for x in built), 3),
         "seconds_saved": round(sum(float(x.get("cost") or 0.0) for x in reused), 3),
         "seconds": round(float(report.get("seconds") or 0.0), 3),
+        **_flatten(manifests),
     }
+
+
+def _flatten(manifests: list[Mapping[str, Any]]) -> dict[str, Any]:
+    """``{"flatten": {"source_layers", "layers", "source_bytes", "bytes"}}`` summed over the
+    flattened platforms (``--flatten``: the layer-count and size change), else nothing."""
+    changes = [m["flatten"] for m in manifests if m.get("flatten")]
+    if not changes:
+        return {}
+    return {"flatten": {k: sum(int(c.get(k) or 0) for c in changes)
+                        for k in ("source_layers", "layers", "source_bytes", "bytes")}}
 
 
 def conversion_row(
@@ -95,7 +106,8 @@ def conversion_row(
         and summary.get("manifests_cached") == summary.get("manifests"),
         dag_id=dag_id,
         run_id=run_id,
-        details={"dedup": dict(summary.get("dedup") or {})},
+        details={"dedup": dict(summary.get("dedup") or {}),
+                 **{k: dict(summary[k]) for k in ("flatten", "verify") if summary.get(k)}},
         task_id=task_id,
         map_index=map_index,
         try_number=try_number,

@@ -8,19 +8,20 @@ or, in an OCI layout, hashed where they lie and opened in place.
 
 :func:`open_image_layer` is the one place that turns a converted layer descriptor into a
 readable LSMT layer: TurboOCI layers (which read file data from the original source blob named
-by their ``turbo-oci/target-digest`` annotation) plug in there.
+by their ``turbo-oci/target-digest`` annotation) are opened there too.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from overlaybd_provider.formats.blob import LayerFile, open_layer
+from overlaybd_provider.errors import OverlaybdError
+from overlaybd_provider.formats.blob import open_layer
 from overlaybd_provider.oci.descriptor import Descriptor
 from overlaybd_provider.oci.digest import check, digest_file, verify_bytes
 from overlaybd_provider.oci.layout import LayoutStore
@@ -173,10 +174,31 @@ def pair_images(src: list[ImageSide], dst: list[ImageSide], src_text: str) -> li
     return pairs
 
 
-def open_image_layer(index: int, desc: Descriptor, fetch: Fetch) -> LayerFile:
-    """A converted layer as an LSMT reader (native overlaybd blob: tar → ZFile → LSMT)."""
-    if any(k.startswith(TURBO_ANNOTATION_PREFIX) for k in (desc.annotations or {})):
-        raise UnsupportedImageError(
-            f"layer {index + 1} ({desc.digest}) is a TurboOCI layer: verify cannot read TurboOCI layers yet")
+def open_image_layer(index: int, desc: Descriptor, fetch: Fetch, *, fetch_target: Fetch | None = None,
+                     sizes: Mapping[str, int] | None = None, spool_dir: str | None = None) -> Any:
+    """A converted layer as an LSMT reader: a native overlaybd blob (tar → ZFile → LSMT), or a
+    TurboOCIv1 layer — its meta blob plus the original source blob named by the
+    ``turbo-oci/target-digest`` annotation, from which it reads file data (fetched from the
+    converted image's store, else with ``fetch_target``: the source image's; ``sizes`` gives
+    the target's size when the source image lists it)."""
+    annotations = desc.annotations or {}
+    name = f"layer {index + 1} ({desc.digest[:19]})"
+    if any(k.startswith(TURBO_ANNOTATION_PREFIX) for k in annotations):
+        from overlaybd_provider.formats.turbo import ANN_TARGET_DIGEST, open_turbo_layer
+
+        target = annotations.get(ANN_TARGET_DIGEST)
+        if not target:
+            raise UnsupportedImageError(f"{name} is a TurboOCI layer without a {ANN_TARGET_DIGEST} annotation")
+        meta = fetch(desc.digest, desc.size)
+        size = (sizes or {}).get(target)
+        try:
+            source = fetch(target, size)  # type: ignore[arg-type]
+        except (OverlaybdError, OSError):
+            if fetch_target is None:
+                raise
+            source = fetch_target(target, size)  # type: ignore[arg-type]
+        layer = open_turbo_layer(meta, source, spool_dir=spool_dir)
+        layer.lsmt.name = name
+        return layer
     path = fetch(desc.digest, desc.size)
-    return open_layer(path, name=f"layer {index + 1} ({desc.digest[:19]})")
+    return open_layer(path, name=name)

@@ -229,7 +229,10 @@ def verify_image(source: str, destination: str, options: VerifyOptions | None = 
             with tempfile.TemporaryDirectory(prefix="overlaybd-verify-", dir=options.work_dir) as tmp, \
                     contextlib.ExitStack() as opened:
                 fetch = dst.fetcher(Path(tmp))
-                files = [opened.enter_context(open_image_layer(i, desc, fetch)) for i, desc in enumerate(d.layers)]
+                sizes = {desc.digest: desc.size for desc in s.layers}  # TurboOCI targets are source layers
+                files = [opened.enter_context(open_image_layer(i, desc, fetch, fetch_target=src.fetcher(Path(tmp)),
+                                                               sizes=sizes, spool_dir=tmp))
+                         for i, desc in enumerate(d.layers)]
                 stack = LayerStack([f.lsmt for f in files], check_chain=False)
                 layers: list[SourceLayer] = [
                     SourceLayer(f"{source} layer {i + 1} ({desc.digest[:19]})", partial(src.layer_stream, desc),

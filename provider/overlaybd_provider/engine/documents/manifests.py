@@ -106,11 +106,37 @@ def parse_index(data: bytes) -> dict[str, Any]:
     return gotypes.unmarshal(gotypes.INDEX, data, "image index")
 
 
-def build_config(source_config: bytes, layer_digests: list[str]) -> bytes:
-    """Source config through the image-spec ``Image`` struct, ``diff_ids`` replaced (§4)."""
+FLATTENED_BY = "overlaybd convert --flatten"
+
+
+def build_config(source_config: bytes, layer_digests: list[str], *, flattened: int = 0) -> bytes:
+    """Source config through the image-spec ``Image`` struct, ``diff_ids`` replaced (§4).
+    ``flattened``: the number of source layers in the one layer of ``layer_digests``."""
     image = parse_config(source_config)
     image["rootfs"]["diff_ids"] = list(layer_digests)
+    if flattened and image.get("history"):
+        image["history"] = flatten_history(image["history"], flattened, image.get("created"))
     return go_marshal(gotypes.to_go(gotypes.IMAGE, image))
+
+
+def flatten_history(history: list[dict[str, Any]], layers: int, created: str | None) -> list[dict[str, Any]]:
+    """History of a flattened image: every entry kept, those that made a layer after the first
+    marked ``empty_layer`` (one layer must match one non-empty entry), and a last entry saying
+    what happened. Deterministic: its time is the last entry's (or the image's), never now."""
+    out, seen = [], False
+    for entry in history:
+        entry = dict(entry)
+        if not entry.get("empty_layer"):
+            if seen:
+                entry["empty_layer"] = True
+            seen = True
+        out.append(entry)
+    note = gotypes.zero(gotypes.HISTORY)
+    note.update(created=next((e["created"] for e in reversed(out) if e.get("created")), created),
+                created_by=FLATTENED_BY, comment=f"{layers} layers flattened into one overlaybd layer",
+                empty_layer=True)
+    out.append(note)
+    return out
 
 
 def build_manifest(

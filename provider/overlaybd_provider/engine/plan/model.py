@@ -37,10 +37,15 @@ class LayerPlan:
     bytes_out: int = 0  # layer blob bytes written here
     seconds: float = 0.0  # build time here
     cost: float = 0.0  # recorded build time of a reused layer (what its reuse saved)
+    #: a flattened layer (``--flatten``): the source layers applied into it, bottom first,
+    #: ``[{"digest", "size", "media_type", "diff_id"}]``; None for a native per-layer layer
+    parts: list[dict[str, Any]] | None = None
 
     @property
     def key(self) -> str:
-        return self.chain_id.split(":", 1)[1]
+        """Work-directory name: a flattened layer never shares one with the native top layer."""
+        hexpart = self.chain_id.rsplit(":", 1)[1]
+        return hexpart if self.parts is None else f"flat-{hexpart}"
 
 
 @dataclass

@@ -10,6 +10,7 @@ from overlaybd_provider.engine.documents import manifests as mf
 from overlaybd_provider.engine.errors import EngineError
 from overlaybd_provider.engine.options import ConvertOptions
 from overlaybd_provider.engine.plan.chain import chain_ids, uuid_from_chain_id
+from overlaybd_provider.engine.plan.flatten import flat_layer
 from overlaybd_provider.engine.plan.model import ImagePlan, LayerPlan, Plan
 from overlaybd_provider.engine.transfer.endpoint import Endpoint
 from overlaybd_provider.engine.transfer.workspace import Workspace
@@ -34,6 +35,7 @@ def _options_doc(options: ConvertOptions) -> dict:
         "concurrency_limit": options.concurrency_limit,
         "reserve": options.reserve,
         "no_upload": options.no_upload,
+        "flatten": options.flatten,
     }
 
 
@@ -54,7 +56,8 @@ def fetch_object(src: Endpoint, ws: Workspace, digest: str, size: int) -> None:
 
 
 def _plan_image(
-    src: Endpoint, ws: Workspace, *, platform: str, child: int | None, media_type: str, digest: str, size: int
+    src: Endpoint, ws: Workspace, *, platform: str, child: int | None, media_type: str, digest: str, size: int,
+    flatten: bool = False,
 ) -> ImagePlan:
     if media_type not in _MANIFEST_TYPES:
         raise EngineError(f"{src.text}: manifest {digest} has media type {media_type!r}: not convertible")
@@ -83,6 +86,8 @@ def _plan_image(
                 uuid=uuid_from_chain_id(chain), parent_uuid=uuid_from_chain_id(chains[i - 1]) if i else "",
             )
         )
+    if flatten and plan.layers:
+        plan.layers = [flat_layer(plan.layers)]
     return plan
 
 
@@ -104,10 +109,12 @@ def make_plan(src: Endpoint, dst_text: str, options: ConvertOptions, ws: Workspa
         for i, child in children:
             plan.images.append(
                 _plan_image(src, ws, platform=mf.platform_string(child), child=i,
-                            media_type=child["mediaType"], digest=child["digest"], size=child["size"])
+                            media_type=child["mediaType"], digest=child["digest"], size=child["size"],
+                            flatten=options.flatten)
             )
     else:
-        image = _plan_image(src, ws, platform="", child=None, media_type=media_type, digest=digest, size=size)
+        image = _plan_image(src, ws, platform="", child=None, media_type=media_type, digest=digest, size=size,
+                            flatten=options.flatten)
         if options.platforms and not any(
             image.platform == p or image.platform.startswith(p + "/") for p in options.platforms
         ):

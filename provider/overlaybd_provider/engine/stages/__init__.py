@@ -53,7 +53,7 @@ def options_from_plan(plan: Plan) -> ConvertOptions:
         algorithm=o["algorithm"], block_size_kb=o["block_size_kb"], vsize_gb=o["vsize_gb"],
         fstype=parse_fstype(o["fstype"]), oci=o["oci"], referrer=o["referrer"], platforms=tuple(o["platforms"]),
         concurrency_limit=o["concurrency_limit"], reserve=False, no_upload=o["no_upload"],
-        blob_cache_max_bytes=0,
+        blob_cache_max_bytes=0, flatten=bool(o.get("flatten", False)),
     )
 
 

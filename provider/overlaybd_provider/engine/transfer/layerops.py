@@ -20,7 +20,7 @@ from overlaybd_provider.engine.transfer.blobcache import BlobCache
 from overlaybd_provider.engine.transfer.endpoint import Endpoint
 from overlaybd_provider.engine.transfer.workspace import Workspace
 
-__all__ = ["LayerStats", "build_layer", "fetch_reused", "fetch_source", "lower_files"]
+__all__ = ["LayerStats", "build_layer", "fetch_reused", "fetch_source", "lower_files", "sources_present"]
 
 log = logging.getLogger(__name__)
 
@@ -34,22 +34,36 @@ class LayerStats:
 
 def fetch_source(ws: Workspace, src: Endpoint, layer: LayerPlan, cache: BlobCache | None = None) -> int:
     """Download the source layer (digest/size verified by the store); returns bytes fetched.
+    A flattened layer fetches each of its source layers (``layer.parts``).
 
     A valid entry of this machine's blob ``cache`` is linked instead (0 bytes fetched), and a
     download is added to it: a retry of the build on this machine, or another image sharing
     the layer, does not download it again."""
-    path = ws.source_blob(layer)
-    if path.exists() and path.stat().st_size == layer.source_size:
+    if layer.parts is not None:
+        return sum(_fetch_blob(ws.part_blob(layer, n), src, part["digest"], int(part["size"]), cache)
+                   for n, part in enumerate(layer.parts))
+    return _fetch_blob(ws.source_blob(layer), src, layer.source_digest, layer.source_size, cache)
+
+
+def sources_present(ws: Workspace, layer: LayerPlan) -> bool:
+    """Every source blob ``layer`` is built from is in the work directory."""
+    if layer.parts is not None:
+        return all(ws.part_blob(layer, n).exists() for n in range(len(layer.parts)))
+    return ws.source_blob(layer).exists()
+
+
+def _fetch_blob(path: Path, src: Endpoint, digest: str, size: int, cache: BlobCache | None) -> int:
+    if path.exists() and path.stat().st_size == size:
         return 0
     path.parent.mkdir(parents=True, exist_ok=True)
-    if cache is not None and cache.get(layer.source_digest, layer.source_size, path):
+    if cache is not None and cache.get(digest, size, path):
         return 0
-    tmp = path.with_name(f".source.{os.getpid()}.{threading.get_ident()}.part")
-    src.fetch_blob(layer.source_digest, layer.source_size, tmp)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.{threading.get_ident()}.part")
+    src.fetch_blob(digest, size, tmp)
     os.replace(tmp, path)
     if cache is not None:
-        cache.put(path, layer.source_digest, layer.source_size)
-    return layer.source_size
+        cache.put(path, digest, size)
+    return size
 
 
 def fetch_reused(ws: Workspace, dst: Endpoint, layer: LayerPlan, cache: BlobCache | None = None) -> int:
@@ -87,30 +101,39 @@ def lower_files(ws: Workspace, image: ImagePlan, upto: int) -> list[Path]:
 def build_layer(ws: Workspace, image: ImagePlan, layer: LayerPlan, options: ConvertOptions,
                 cache: BlobCache | None = None) -> LayerStats:
     """Apply the source tar on the lowers straight into the finished layer blob (one pass), the
-    content checked against the layer's diff_id; the blob goes into the blob ``cache``."""
-    from overlaybd_provider.ext4.apply import apply_layer
+    content checked against the layer's diff_id; the blob goes into the blob ``cache``. A
+    flattened layer applies every source tar, each checked against its own diff_id, onto one
+    upper layer sealed once."""
+    from overlaybd_provider.ext4.apply import apply_layers
     from overlaybd_provider.ext4.errors import DiffIdMismatchError
     from overlaybd_provider.ext4.mkfs import MkfsOptions
 
     started = time.monotonic()
     lowers = lower_files(ws, image, layer.index)
-    source = ws.source_blob(layer)
+    if layer.parts is not None:
+        sources = [ws.part_blob(layer, n) for n in range(len(layer.parts))]
+        tars = [(path, part["diff_id"], part["digest"]) for path, part in zip(sources, layer.parts, strict=True)]
+    else:
+        sources = [ws.source_blob(layer)]
+        tars = [(sources[0], layer.diff_id, layer.source_digest)]
     out = ws.blob_path(layer)
     mkfs = MkfsOptions(**options.fstype.mkfs_kwargs()) if options.fstype.mkfs_options else None
     try:
-        result = apply_layer(
-            lowers, source, out,
+        result = apply_layers(
+            lowers, tars, out,
             vsize_gb=options.vsize_gb, algorithm=options.algorithm, block_size_kb=options.block_size_kb,
             uuid=layer.uuid, parent_uuid=layer.parent_uuid or None, mkfs_options=mkfs,
-            diff_id=layer.diff_id, source_digest=layer.source_digest,
+            trim=layer.parts is not None and not lowers,  # flattened: dead blocks left out
         )  # writes a temporary name and renames it on success
     except DiffIdMismatchError as exc:
         # The config lied about this layer (dedup poisoning, docs/dedup.md): nothing was written.
         raise DiffIdMismatchError(f"[{image.label}] layer {layer.index}: {exc}") from None
-    stats = LayerStats(bytes_in=source.stat().st_size, bytes_out=result.size, seconds=time.monotonic() - started)
+    stats = LayerStats(bytes_in=sum(p.stat().st_size for p in sources), bytes_out=result.size,
+                       seconds=time.monotonic() - started)
     ws.set_blob_info(layer, result.digest, result.size)
     if cache is not None:
         cache.put(out, result.digest, result.size)
     if not options.reserve:
-        source.unlink(missing_ok=True)
+        for path in sources:
+            path.unlink(missing_ok=True)
     return stats

@@ -62,7 +62,8 @@ def build_image_documents(ws: Workspace, plan: Plan, image: ImagePlan) -> Built:
         layer.digest, layer.size = digest, size
         digests.append(digest)
         descs.append(mf.layer_descriptor(digest, size, oci=oci, fs_type=fs_type))
-    config_bytes = mf.build_config(ws.get_object(image.config_digest), digests)
+    flattened = sum(len(layer.parts) for layer in image.layers if layer.parts is not None)
+    config_bytes = mf.build_config(ws.get_object(image.config_digest), digests, flattened=flattened)
     config = mf.Descriptor.of(mf.media_types(oci)["config"], config_bytes)
     ws.put_object(config.digest, config_bytes)
     subject = (

@@ -57,6 +57,10 @@ class Workspace:
     def source_blob(self, layer: LayerPlan) -> Path:
         return self.layer_dir(layer) / "source.blob"
 
+    def part_blob(self, layer: LayerPlan, n: int) -> Path:
+        """Source layer ``n`` of a flattened layer (``layer.parts``)."""
+        return self.layer_dir(layer) / f"source-{n:03d}.blob"
+
     def blob_path(self, layer: LayerPlan) -> Path:
         return self.layer_dir(layer) / "overlaybd.commit"
 
