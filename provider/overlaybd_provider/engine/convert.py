@@ -115,7 +115,8 @@ def _run(ws: Workspace, src: str, dst: str, options: ConvertOptions, src_ep: End
             leases.close()
 
     def push_documents(image: ImagePlan, built: publish.Built, stats: publish.PushStats) -> None:
-        publish.push_image(ws, dst_ep, plan, image, built, stats, tag=None if plan.is_index else dst_ep.tag)
+        publish.push_image(ws, dst_ep, plan, image, built, stats, tag=None if plan.is_index else dst_ep.tag,
+                           src=src_ep)
         publish.record_image(dedup, dst_ep, plan, image, built.manifest)
 
     pushed = publish.publish_all(ws, plan, dst_ep, upload=not options.no_upload, per_image=push_documents)
@@ -127,7 +128,7 @@ def _run(ws: Workspace, src: str, dst: str, options: ConvertOptions, src_ep: End
         digests = [pushed["digest"], *(m["digest"] for m in pushed["manifests"])]
         for image in plan.images:
             if not image.cached:
-                digests.append(publish.build_image_documents(ws, plan, image).config.digest)
+                digests.append(publish.build_image_documents(ws, plan, image, dst_ep).config.digest)
         report.documents = {d: ws.get_object(d).decode() for d in dict.fromkeys(digests)
                             if ws.object_path(d).exists()}
     return report

@@ -32,6 +32,7 @@ from overlaybd_provider.engine.transfer import layerops, publish
 from overlaybd_provider.engine.transfer.blobcache import BlobCache
 from overlaybd_provider.engine.transfer.endpoint import Endpoint
 from overlaybd_provider.engine.transfer.workspace import Workspace
+from overlaybd_provider.engine.turbo.build import build_turbo_layer
 
 __all__ = ["DOWNLOADS_PER_IMAGE", "Pipeline", "run_images"]
 
@@ -95,7 +96,10 @@ class Pipeline:
     def _fetch_reused(self, layer: LayerPlan) -> int:
         if self.options.no_upload:
             raise StageError("a reused layer must be downloaded but nothing was uploaded")
-        return layerops.fetch_reused(self.ws, self.dst, layer, self.cache)
+        n = layerops.fetch_reused(self.ws, self.dst, layer, self.cache)
+        if layer.kind == "turbo":  # a TurboOCI lower reads its file data from its source layer
+            n += layerops.fetch_source(self.ws, self.src, layer, self.cache)
+        return n
 
     def _ensure_lowers(self, image: ImagePlan, layer: LayerPlan, downloads: dict[int, Future[int]]) -> None:
         """Every layer below ``layer`` is here (a layer that became a reuse while this run
@@ -157,7 +161,7 @@ class Pipeline:
         assert dedup is not None
 
         def found() -> bool:
-            return lookup_layer(layer, dst, dedup, dst.host, dst.repo, plan.layer_format)
+            return lookup_layer(layer, dst, dedup, dst.host, dst.repo, plan.layer_format_of(layer))
 
         if self.leases.acquire_or_wait(layer.chain_id, found,
                                        on_wait=lambda holder: emit(self.progress, image, layer,
@@ -174,6 +178,7 @@ class Pipeline:
             info = ws.blob_info(layer)
             if info is not None:
                 layer.dedup = "local"
+                layer.kind, layer.out_diff_id = info.get("kind", layer.kind), info.get("out_diff_id")
                 emit(self.progress, image, layer, "already built")
                 return info
         if layer.index in downloads:
@@ -182,7 +187,8 @@ class Pipeline:
         with ws.layer_lock(layer):
             if not ws.source_blob(layer).exists():  # a retry whose earlier try deleted it
                 layerops.fetch_source(ws, self.src, layer, self.cache)
-            result = layerops.build_layer(ws, image, layer, self.options, cache=self.cache)
+            build = build_turbo_layer if self.plan.turbo else layerops.build_layer
+            result = build(ws, image, layer, self.options, cache=self.cache)
             layer.bytes_in += result.bytes_in
             layer.bytes_out = result.bytes_out
             layer.seconds += result.seconds

@@ -225,7 +225,7 @@ def push(conversion: Mapping[str, Any], *, src_registry: RegistryOptions | None 
         with scratch(work_dir, "overlaybd-push-") as root:
             ws = Workspace(root)
             _fetch_documents(ws, plan, src_ep)
-            pushed = publish.publish_all(ws, plan, dst_ep, upload=not plan.options["no_upload"])
+            pushed = publish.publish_all(ws, plan, dst_ep, upload=not plan.options["no_upload"], src=src_ep)
     finally:
         src_ep.close()
         dst_ep.close()

@@ -74,13 +74,20 @@ def fetch_reused(ws: Workspace, dst: Endpoint, layer: LayerPlan, cache: BlobCach
     return layer.size
 
 
-def lower_files(ws: Workspace, image: ImagePlan, upto: int) -> list[Path]:
-    """Blobs of layers ``0..upto-1``, bottom first."""
-    out = []
+def lower_files(ws: Workspace, image: ImagePlan, upto: int) -> list[Path | str]:
+    """Blobs of layers ``0..upto-1``, bottom first; a TurboOCI lower is ``turbo:META,SOURCE``."""
+    out: list[Path | str] = []
     for lower in image.layers[:upto]:
         if ws.blob_info(lower) is None:
             raise EngineError(f"[{image.label}] layer {lower.index} is not available as a lower for layer {upto}")
-        out.append(ws.blob_path(lower))
+        if lower.kind == "turbo":
+            source = ws.source_blob(lower)
+            if not source.is_file():
+                raise EngineError(f"[{image.label}] layer {lower.index}: its source layer is not here (a TurboOCI "
+                                  f"lower of layer {upto})")
+            out.append(f"turbo:{ws.blob_path(lower)},{source}")
+        else:
+            out.append(ws.blob_path(lower))
     return out
 
 
