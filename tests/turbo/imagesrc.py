@@ -8,6 +8,7 @@ import gzip
 import hashlib
 import io
 import json
+import random
 import tarfile
 from pathlib import Path
 
@@ -57,6 +58,7 @@ def feature_tars(big: int = 3 << 20, wide: int = 2000) -> list[bytes]:
         _add(tf, "var/cache/c", b"cache c (opaque dir)\n", xattrs={"user.layer": "1"})
         _add(tf, "usr/bin/tool2", kind=tarfile.LNKTYPE, link="usr/bin/tool")  # hard link to a lower file
         _add(tf, "etc/motd", b"hello from layer 1\n" * 1000, nsec=987654321)
+        _add(tf, "opt/random.bin", random.Random(7).randbytes(2 << 20))  # incompressible
     out.append(buf.getvalue())
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:

@@ -11,6 +11,7 @@ from overlaybd_provider.engine.options import ConvertOptions
 from overlaybd_provider.engine.plan.model import ImagePlan, LayerPlan
 from overlaybd_provider.engine.transfer.blobcache import BlobCache
 from overlaybd_provider.engine.transfer.workspace import Workspace
+from overlaybd_provider.errors import OverlaybdError
 
 __all__ = ["build_turbo_layer", "set_info"]
 
@@ -27,9 +28,8 @@ def build_turbo_layer(ws: Workspace, image: ImagePlan, layer: LayerPlan, options
                       cache: BlobCache | None = None):
     """The layer's blob in the workspace; its source is kept (TurboOCI lowers above read it)."""
     from overlaybd_provider.engine.transfer.layerops import LayerStats, build_layer, lower_files
-    from overlaybd_provider.ext4.errors import DiffIdMismatchError
     from overlaybd_provider.ext4.mkfs import MkfsOptions
-    from overlaybd_provider.ext4.turbo import TurboSourceError, apply_turbo_layer
+    from overlaybd_provider.ext4.turbo import apply_turbo_layer
     from overlaybd_provider.formats.gzcheckpoint import NotTurboCapable
 
     if layer.kind != "turbo":
@@ -47,10 +47,15 @@ def build_turbo_layer(ws: Workspace, image: ImagePlan, layer: LayerPlan, options
                  layer.index, exc)
         layer.kind = "overlaybd"
         return build_layer(ws, image, layer, options, cache=cache)
-    except (DiffIdMismatchError, TurboSourceError) as exc:
-        # the source is not what the manifest/config promised: nothing was written or recorded
-        why = str(exc).replace(str(source), layer.source_digest)
-        raise type(exc)(f"[{image.label}] layer {layer.index}: {why}") from None
+    except OverlaybdError as exc:
+        # a lying or corrupt source (digest, size, diff_id, gzip data): nothing written or recorded;
+        # the message names the layer, not the scratch path
+        why = str(exc).replace(f"{source}: ", "").replace(str(source), layer.source_digest)
+        try:
+            renamed = type(exc)(f"[{image.label}] layer {layer.index} ({layer.source_digest[:19]}): {why}")
+        except TypeError:
+            raise exc from None
+        raise renamed from None
     layer.out_diff_id = res.diff_id
     set_info(ws, layer, res.digest, res.size)
     if cache is not None:
