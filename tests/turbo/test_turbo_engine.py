@@ -48,6 +48,7 @@ def publish(tmp_path: Path, registry, repo: str, tars: list[bytes], media_types:
 
 def run(registry, src: str, dst: str, dedup=None, **opts) -> dict:
     opts.setdefault("output", "turbo-oci")
+    opts.setdefault("blob_cache_max_bytes", 0)  # every run downloads: nothing shared through a cache
     return convert_image(src, dst, ConvertOptions(**opts), src_registry=registry.options(),
                          dst_registry=registry.options(), dedup=dedup).to_json()
 
@@ -162,7 +163,8 @@ def test_registry_to_registry_turbo_oci_judged_by_upstream_and_deduplicated(
     assert len(fetch_stack(registry, other, m3, tmp_path / "other")) == 3  # sources fetched from -other
 
     # a native conversion of the same source into the same repository is not served by turbo rows
-    native = convert_image(src, registry.ref(f"{registry_repo}-turbo", "native"), ConvertOptions(oci=True),
+    native = convert_image(src, registry.ref(f"{registry_repo}-turbo", "native"),
+                           ConvertOptions(oci=True, blob_cache_max_bytes=0),
                            src_registry=registry.options(), dst_registry=registry.options(),
                            dedup=maria).to_json()
     assert [layer["dedup"] for layer in native["manifests"][0]["layers"]] == ["miss"] * 3
@@ -282,3 +284,35 @@ def _replace_blob(layout: Path, i: int, blob: bytes) -> None:
     (layout / "blobs/sha256" / mdigest[7:]).write_bytes(data)
     index["manifests"][0].update(digest=mdigest, size=len(data))
     index_path.write_text(json.dumps(index))
+
+
+def test_both_formats_from_one_pass_equal_the_single_format_runs(registry, registry_repo, tmp_path, maria):
+    """``--turbo-oci-destination``: one download and one parse per layer, and the same native and
+    TurboOCI digests as a native-only and a TurboOCI-only run (dedup off for those)."""
+    tars = _tars(tmp_path)
+    src = publish(tmp_path, registry, registry_repo, tars, [OCI_GZIP, OCI_TAR, OCI_ZSTD])
+    native_only = run(registry, src, registry.ref(f"{registry_repo}-n1", "v1"), output="overlaybd")
+    turbo_only = run(registry, src, registry.ref(f"{registry_repo}-t1", "v1"))
+    events: list[dict] = []
+    report = convert_image(src, registry.ref(f"{registry_repo}-n2", "v1"),
+                           ConvertOptions(output="both", turbo_destination=registry.ref(f"{registry_repo}-t2", "v1"),
+                                          blob_cache_max_bytes=0),
+                           src_registry=registry.options(), dst_registry=registry.options(), dedup=maria,
+                           progress=events.append).to_json()
+    assert report["target"]["digest"] == native_only["target"]["digest"]
+    assert report["turbo"]["target"]["digest"] == turbo_only["target"]["digest"]
+    assert report["format"] == "overlaybd" and report["turbo"]["format"] == "turbo-oci"
+    assert [layer["kind"] for layer in report["turbo"]["manifests"][0]["layers"]] == ["turbo", "turbo", "overlaybd"]
+    downloads = [e for e in events if e.get("what") == "downloaded"]
+    assert len(downloads) == 3, downloads  # each source layer downloaded once for both images
+    one_pass = [e["index"] for e in events if "one pass" in str(e.get("what"))]
+    assert sorted(one_pass) == [0, 0, 1, 1]  # gzip and tar layers: one parse for both (zstd: native twice)
+    manifest, _ = documents(registry, registry.ref(f"{registry_repo}-t2", "v1"))
+    assert len(fetch_stack(registry, registry.ref(f"{registry_repo}-t2", "v1"), manifest, tmp_path)) == 3
+    # again with the DB: everything reused, same digests
+    again = convert_image(src, registry.ref(f"{registry_repo}-n2", "v1"),
+                          ConvertOptions(output="both", turbo_destination=registry.ref(f"{registry_repo}-t2", "v1"),
+                                          blob_cache_max_bytes=0),
+                          src_registry=registry.options(), dst_registry=registry.options(), dedup=maria).to_json()
+    assert again["turbo"]["target"]["digest"] == turbo_only["target"]["digest"]
+    assert again["manifests"][0]["cached"] and again["turbo"]["manifests"][0]["cached"]

@@ -34,7 +34,7 @@ from overlaybd_provider.engine.transfer.endpoint import Endpoint
 from overlaybd_provider.engine.transfer.workspace import Workspace
 from overlaybd_provider.engine.turbo.build import build_turbo_layer
 
-__all__ = ["DOWNLOADS_PER_IMAGE", "Pipeline", "run_images"]
+__all__ = ["DOWNLOADS_PER_IMAGE", "Pipeline", "run_images", "run_pairs"]
 
 log = logging.getLogger(__name__)
 DOWNLOADS_PER_IMAGE = 4  # concurrent blob downloads per image
@@ -60,6 +60,8 @@ class Pipeline:
     #: chain ids of layers to build that an earlier try already built, pushed and recorded
     #: (their ``digest``/``size`` are set and the blob is in the target)
     finished: frozenset[str] = frozenset()
+    #: output ``both``: the TurboOCI image's pipeline (same workspace and source), run by :meth:`run_pair`
+    twin: Pipeline | None = None
 
     @property
     def upload(self) -> bool:
@@ -124,16 +126,8 @@ class Pipeline:
                 for layer in image.layers:
                     if pending is not None and pending.done():
                         pending.result()  # a failed push stops the conversion before more work
-                    if layer.action == "reuse":
-                        emit(self.progress, image, layer, "reused")
-                        self._done(image, layer)
-                        continue
-                    if layer.chain_id in self.finished:
-                        emit(self.progress, image, layer, "built by an earlier try")
-                        self._done(image, layer)
-                        continue
-                    if not self._claim(image, layer):
-                        continue  # reused: another conversion built it meanwhile
+                    if not self._ready(image, layer):
+                        continue  # reused, or finished by an earlier try
                     info = self._build(image, layer, downloads)
                     if not self.upload:
                         self._done(image, layer)
@@ -151,6 +145,105 @@ class Pipeline:
                 for future in downloads.values():
                     future.cancel()
                 raise
+
+    def _ready(self, image: ImagePlan, layer: LayerPlan) -> bool:
+        """True: build ``layer`` here now. False: it is final already (reused, built by an earlier
+        try, or built meanwhile by a concurrent conversion)."""
+        if layer.action == "reuse":
+            emit(self.progress, image, layer, "reused")
+            self._done(image, layer)
+            return False
+        if layer.chain_id in self.finished:
+            emit(self.progress, image, layer, "built by an earlier try")
+            self._done(image, layer)
+            return False
+        return self._claim(image, layer)
+
+    # -- output both: the native image and its TurboOCI twin, one pass per layer ----------------
+
+    def run_pair(self, image: ImagePlan | None, twin_image: ImagePlan | None) -> None:
+        """Output ``both``: ``image`` (native, this pipeline) and ``twin_image`` (TurboOCI,
+        ``self.twin``), either None when its manifest is cached. Layer by layer; a layer both
+        need is built by ``ext4.dual`` from one download, one inflate and one tar parse."""
+        twin = self.twin
+        assert twin is not None
+        stats, tstats = publish.PushStats(), publish.PushStats()
+        count = len((image or twin_image).layers)  # type: ignore[union-attr]
+        with (ThreadPoolExecutor(DOWNLOADS_PER_IMAGE, thread_name_prefix="obd-fetch") as fetcher,
+              ThreadPoolExecutor(1, thread_name_prefix="obd-push") as uploader):
+            downloads = self.start_downloads(fetcher, image) if image else {}
+            tdownloads = twin.start_downloads(fetcher, twin_image) if twin_image else {}
+            pending: list[Future[None]] = []
+            try:
+                for i in range(count):
+                    for future in pending:
+                        if future.done():
+                            future.result()
+                    n = image.layers[i] if image else None
+                    t = twin_image.layers[i] if twin_image else None
+                    n_go = n is not None and self._ready(image, n)  # type: ignore[arg-type]
+                    t_go = t is not None and twin._ready(twin_image, t)  # type: ignore[arg-type]
+                    infos: tuple[dict | None, dict | None] | None = None
+                    if n_go and t_go and t.kind == "turbo":  # type: ignore[union-attr]
+                        infos = self._build_both(image, n, twin_image, t, downloads, tdownloads)  # type: ignore[arg-type]
+                    if infos is None:
+                        infos = (self._build(image, n, downloads) if n_go else None,  # type: ignore[arg-type]
+                                 twin._build(twin_image, t, tdownloads) if t_go else None)  # type: ignore[arg-type]
+                    for future in pending:
+                        future.result()  # bounded: one layer's pushes in flight
+                    pending = []
+                    for pipe, img, layer, info, st in ((self, image, n, infos[0], stats),
+                                                       (twin, twin_image, t, infos[1], tstats)):
+                        if info is None:
+                            continue
+                        if pipe.upload:
+                            pending.append(uploader.submit(pipe._push_and_record, img, layer, info, st))
+                        else:
+                            pipe._done(img, layer)  # type: ignore[arg-type]
+                for future in pending:
+                    future.result()
+                for future in [*downloads.values(), *tdownloads.values()]:
+                    future.result()
+            except BaseException:
+                for future in [*pending, *downloads.values(), *tdownloads.values()]:
+                    future.cancel()
+                raise
+
+    def _build_both(self, image: ImagePlan, n: LayerPlan, twin_image: ImagePlan, t: LayerPlan,
+                    downloads: dict[int, Future[int]], tdownloads: dict[int, Future[int]]
+                    ) -> tuple[dict, dict] | None:
+        """Both layers from one pass; None when that cannot be (a finished blob of either side
+        is here, or the source turns out not TurboOCI-capable): build them one by one then."""
+        from overlaybd_provider.engine.turbo.build import build_both_layers
+
+        twin = self.twin
+        assert twin is not None
+        ws = self.ws
+        if ws.blob_info(n) is not None or ws.blob_info(t) is not None:
+            return None
+        for pending in (downloads.pop(n.index, None), tdownloads.pop(t.index, None)):
+            if pending is not None:
+                pending.result()
+        self._ensure_lowers(image, n, downloads)
+        twin._ensure_lowers(twin_image, t, tdownloads)
+        with ws.layer_lock(n), ws.layer_lock(t):
+            if not ws.source_blob(n).exists():
+                layerops.fetch_source(ws, self.src, n, self.cache)
+            done = build_both_layers(ws, image, n, twin_image, t, self.options, self.cache)
+            if done is None:
+                return None
+            infos = []
+            for pipe, img, layer, st in ((self, image, n, done[0]), (twin, twin_image, t, done[1])):
+                layer.bytes_in += st.bytes_in
+                layer.bytes_out = st.bytes_out
+                layer.seconds += st.seconds
+                emit(pipe.progress, img, layer, "built (one pass, both formats)", bytes_in=st.bytes_in,
+                     bytes_out=st.bytes_out, seconds=st.seconds)
+                info = ws.blob_info(layer)
+                assert info is not None
+                layer.digest, layer.size = info["digest"], info["size"]
+                infos.append(info)
+        return infos[0], infos[1]
 
     def _claim(self, image: ImagePlan, layer: LayerPlan) -> bool:
         """True: build ``layer`` here. False: it was converted meanwhile by a concurrent
@@ -187,8 +280,11 @@ class Pipeline:
         with ws.layer_lock(layer):
             if not ws.source_blob(layer).exists():  # a retry whose earlier try deleted it
                 layerops.fetch_source(ws, self.src, layer, self.cache)
-            build = build_turbo_layer if self.plan.turbo else layerops.build_layer
-            result = build(ws, image, layer, self.options, cache=self.cache)
+            if self.plan.turbo:
+                result = build_turbo_layer(ws, image, layer, self.options, cache=self.cache)
+            else:  # a TurboOCI twin may still need the source
+                result = layerops.build_layer(ws, image, layer, self.options, cache=self.cache,
+                                              keep_source=self.twin is not None)
             layer.bytes_in += result.bytes_in
             layer.bytes_out = result.bytes_out
             layer.seconds += result.seconds
@@ -212,6 +308,25 @@ class Pipeline:
     def _done(self, image: ImagePlan, layer: LayerPlan) -> None:
         if self.on_layer is not None:
             self.on_layer(image, layer)
+
+
+def run_pairs(pipeline: Pipeline, plan: Plan, twin: Plan, platform: str | None = None) -> None:
+    """Output ``both``: every image with its TurboOCI twin (same order: one plan of one source),
+    in parallel up to ``concurrency_limit``; a pair whose manifests are both cached is skipped."""
+    pairs = []
+    for image, timage in zip(plan.images, twin.images, strict=True):
+        if platform and not (image.platform == platform or image.platform.startswith(platform + "/")):
+            continue
+        if not (image.cached and timage.cached):
+            pairs.append((None if image.cached else image, None if timage.cached else timage))
+    limit = pipeline.options.concurrency_limit
+    if len(pairs) > 1 and limit > 1:
+        with ThreadPoolExecutor(min(limit, len(pairs)), thread_name_prefix="obd-image") as pool:
+            for future in [pool.submit(pipeline.run_pair, a, b) for a, b in pairs]:
+                future.result()
+    else:
+        for a, b in pairs:
+            pipeline.run_pair(a, b)
 
 
 def run_images(pipeline: Pipeline, images: list[ImagePlan]) -> None:

@@ -39,17 +39,18 @@ def fetch_source(ws: Workspace, src: Endpoint, layer: LayerPlan, cache: BlobCach
     download is added to it: a retry of the build on this machine, or another image sharing
     the layer, does not download it again."""
     path = ws.source_blob(layer)
-    if path.exists() and path.stat().st_size == layer.source_size:
-        return 0
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if cache is not None and cache.get(layer.source_digest, layer.source_size, path):
-        return 0
-    tmp = path.with_name(f".source.{os.getpid()}.{threading.get_ident()}.part")
-    src.fetch_blob(layer.source_digest, layer.source_size, tmp)
-    os.replace(tmp, path)
-    if cache is not None:
-        cache.put(path, layer.source_digest, layer.source_size)
-    return layer.source_size
+    with ws.source_lock(layer):  # one download when two plans (native + TurboOCI) need it
+        if path.exists() and path.stat().st_size == layer.source_size:
+            return 0
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if cache is not None and cache.get(layer.source_digest, layer.source_size, path):
+            return 0
+        tmp = path.with_name(f".source.{os.getpid()}.{threading.get_ident()}.part")
+        src.fetch_blob(layer.source_digest, layer.source_size, tmp)
+        os.replace(tmp, path)
+        if cache is not None:
+            cache.put(path, layer.source_digest, layer.source_size)
+        return layer.source_size
 
 
 def fetch_reused(ws: Workspace, dst: Endpoint, layer: LayerPlan, cache: BlobCache | None = None) -> int:
@@ -92,7 +93,7 @@ def lower_files(ws: Workspace, image: ImagePlan, upto: int) -> list[Path | str]:
 
 
 def build_layer(ws: Workspace, image: ImagePlan, layer: LayerPlan, options: ConvertOptions,
-                cache: BlobCache | None = None) -> LayerStats:
+                cache: BlobCache | None = None, keep_source: bool = False) -> LayerStats:
     """Apply the source tar on the lowers straight into the finished layer blob (one pass), the
     content checked against the layer's diff_id; the blob goes into the blob ``cache``."""
     from overlaybd_provider.ext4.apply import apply_layer
@@ -103,6 +104,7 @@ def build_layer(ws: Workspace, image: ImagePlan, layer: LayerPlan, options: Conv
     lowers = lower_files(ws, image, layer.index)
     source = ws.source_blob(layer)
     out = ws.blob_path(layer)
+    out.parent.mkdir(parents=True, exist_ok=True)
     mkfs = MkfsOptions(**options.fstype.mkfs_kwargs()) if options.fstype.mkfs_options else None
     try:
         result = apply_layer(
@@ -118,6 +120,6 @@ def build_layer(ws: Workspace, image: ImagePlan, layer: LayerPlan, options: Conv
     ws.set_blob_info(layer, result.digest, result.size)
     if cache is not None:
         cache.put(out, result.digest, result.size)
-    if not options.reserve:
+    if not options.reserve and not keep_source:
         source.unlink(missing_ok=True)
     return stats
