@@ -105,6 +105,24 @@ PARAMS = {
         description="Attach the result as a referrer of the source (implies OCI).",
         section=FORMAT,
     ),
+    "format": Param(
+        "overlaybd",
+        type="string",
+        enum=["overlaybd", "turbo-oci", "both"],
+        values_display={"overlaybd": "overlaybd (native)", "turbo-oci": "TurboOCIv1 (meta layers over the original)",
+                        "both": "both (native at Destination, TurboOCIv1 at TurboOCI destination)"},
+        title="Output format",
+        description="TurboOCIv1 keeps the original layers (mounted or copied into the destination) and adds "
+        "small ext4 meta layers: lazy loading without storing the image twice. zstd layers get a native layer.",
+        section=FORMAT,
+    ),
+    "turbo_destination": Param(
+        "",
+        type=["string", "null"],
+        title="TurboOCI destination",
+        description="With format both: where the TurboOCIv1 image goes (the native one goes to Destination).",
+        section=FORMAT,
+    ),
     "src_registry_conn_id": Param(
         "",
         type=["string", "null"],
@@ -156,6 +174,8 @@ def overlaybd_convert():
         vsize_gb="{{ params.vsize_gb }}",
         oci="{{ params.oci }}",
         referrer="{{ params.referrer }}",
+        format="{{ params.format }}",
+        turbo_destination="{{ params.turbo_destination }}",
         src_registry_conn_id="{{ params.src_registry_conn_id }}",
         dst_registry_conn_id="{{ params.dst_registry_conn_id }}",
         dedup_conn_id="{{ params.dedup_conn_id }}",

@@ -21,6 +21,7 @@ from overlaybd_provider.operators.assets import emit_converted, with_converted_o
 from overlaybd_provider.operators.base import (
     CONNECTION_FIELDS,
     OPTION_FIELDS,
+    TURBO_FIELDS,
     OverlaybdBaseOperator,
     _blank,
     as_bool,
@@ -53,9 +54,13 @@ class OverlaybdPullOperator(OverlaybdBaseOperator):
         anonymous
     :param dedup_conn_id: dedup database (mysql or sqlite connection; default ``overlaybd_dedup``,
         else an embedded SQLite file)
+    :param format: ``overlaybd`` (native), ``turbo-oci`` (TurboOCIv1: meta layers over the original
+        layers, which are mounted or copied into ``destination``) or ``both`` (native at
+        ``destination`` and TurboOCIv1 at ``turbo_destination``, from one pass per layer)
     """
 
-    template_fields = ("source", "destination", "platforms", *OPTION_FIELDS, *CONNECTION_FIELDS, "use_dedup")
+    template_fields = ("source", "destination", "platforms", *OPTION_FIELDS, *CONNECTION_FIELDS, "use_dedup",
+                       *TURBO_FIELDS)
 
     def __init__(
         self,
@@ -73,6 +78,8 @@ class OverlaybdPullOperator(OverlaybdBaseOperator):
         dst_registry_conn_id: str | None = None,
         dedup_conn_id: str | None = None,
         use_dedup: bool | str = True,
+        format: str | None = "overlaybd",
+        turbo_destination: str | None = None,
         **kwargs: Any,
     ) -> None:
         for legacy in ("staging_base", "staging"):
@@ -93,13 +100,16 @@ class OverlaybdPullOperator(OverlaybdBaseOperator):
         self.dst_registry_conn_id = dst_registry_conn_id
         self.dedup_conn_id = dedup_conn_id
         self.use_dedup = use_dedup
+        self.format = format
+        self.turbo_destination = turbo_destination
         self.validate_options()
 
     def convert_options(self):
         with self.engine_call("conversion options"):
             return convert_options(algorithm=self.algorithm, block_size_kb=self.block_size_kb,
                                    vsize_gb=self.vsize_gb, fstype=self.fstype, oci=self.oci,
-                                   referrer=self.referrer, platforms=self.platforms)
+                                   referrer=self.referrer, platforms=self.platforms, format=self.format,
+                                   turbo_destination=self.turbo_destination)
 
     def connections(self) -> dict[str, Any]:
         return {"src_registry_conn_id": self.src_registry_conn_id or None,
