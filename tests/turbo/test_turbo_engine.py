@@ -316,3 +316,22 @@ def test_both_formats_from_one_pass_equal_the_single_format_runs(registry, regis
                           src_registry=registry.options(), dst_registry=registry.options(), dedup=maria).to_json()
     assert again["turbo"]["target"]["digest"] == turbo_only["target"]["digest"]
     assert again["manifests"][0]["cached"] and again["turbo"]["manifests"][0]["cached"]
+
+
+def test_cli_turbo_oci_and_both(cli, registry, registry_repo, tmp_path):
+    src = publish(tmp_path, registry, registry_repo, _tars(tmp_path), [OCI_GZIP, OCI_GZIP, OCI_TAR])
+    out = tmp_path / "report.json"
+    proc = cli("convert", "--turbo-oci", "--plain-http", "--db-url", "none", "--blob-cache", "none",
+               "--output-json", out, src, registry.ref(f"{registry_repo}-cli", "turbo"))
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(out.read_text())
+    assert report["format"] == "turbo-oci" and proc.stdout.split() == [report["target"]["digest"]]
+    proc = cli("convert", "--turbo-oci-destination", registry.ref(f"{registry_repo}-cli", "turbo2"), "--plain-http",
+               "--db-url", "none", "--blob-cache", "none", "--output-json", out, src,
+               registry.ref(f"{registry_repo}-cli", "native"))
+    assert proc.returncode == 0, proc.stderr
+    both = json.loads(out.read_text())
+    assert proc.stdout.split() == [both["target"]["digest"], both["turbo"]["target"]["digest"]]
+    assert both["turbo"]["target"]["digest"] == report["target"]["digest"]
+    proc = cli("convert", "--turbo-oci", "--turbo-oci-destination", "x/y:z", src, "x/y:w")
+    assert_user_error(proc, "use one of them")
