@@ -1,6 +1,6 @@
 """TurboOCIv1 meta layers (issue #14): ours beside upstream's for the same gzip layers.
 
-    .venv/bin/python bench/turbo.py [--quick] [--runs N]
+    .venv/bin/python bench/turbo.py [--quick] [--runs N] [--engine]
 
 Takes the gzip layers of the corpus's OCI layout (tag ``debian``: the 3-layer Debian image, as a
 registry serves it), builds the TurboOCIv1 meta layer of each with ``overlaybd apply-layer
@@ -8,6 +8,12 @@ registry serves it), builds the TurboOCIv1 meta layer of each with ``overlaybd a
 (``$OVERLAYBD_SHARED/oracle/bin/oracle-turbo.sh``), with upstream's tools, then prints per layer
 the meta blob sizes (ours / upstream, target <= 1.05x in total), wall times and our peak RSS.
 Both builds run here, back to back (2 shared cores: rerun close calls).
+
+``--engine`` adds the issue's headline comparison, same run, same gzip layers: our whole
+registry→registry conversion (``overlaybd convert --turbo-oci`` from a local docker-registry into
+another repository of it: download, build, push of the meta blobs, mount of the source layers, config
+and manifest) against upstream's *local* TurboOCI build of the layer files (``oracle-turbo.sh``, no
+registry at all), alternating, N runs each, medians; meta bytes and our peak RSS beside them.
 """
 
 from __future__ import annotations
@@ -73,15 +79,85 @@ def upstream(sources: list[Path], out: Path) -> tuple[list[int], float] | None:
     return [(out / "upstream" / f"layer-{i + 1}.turbo.tar.gz").stat().st_size for i in range(len(sources))], seconds
 
 
+def engine_vs_upstream(layout: Path, sources: list[Path], out: Path, runs: int) -> bool:
+    """Our registry→registry TurboOCI conversion vs upstream's local build; True when the time
+    target (<= 0.5x upstream) and the size target (<= 1.05x) are met."""
+    from registry import local_registry, push_layout
+
+    shared = Path(os.environ.get("OVERLAYBD_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+    script = shared / "oracle/bin/oracle-turbo.sh"
+    ours_s: list[float] = []
+    theirs_s: list[float] = []
+    rss = 0.0
+    meta = 0
+    theirs_meta = 0
+    with local_registry(out) as host:
+        push_layout(layout, "debian", f"{host}/bench/src:debian")
+        for n in range(runs):
+            report = out / f"report-{n}.json"
+            cmd = [*overlaybd_cli(), "convert", "--turbo-oci", "--plain-http", "--db-url", "none",
+                   "--blob-cache", "none", "--output-json", str(report), f"{host}/bench/src:debian",
+                   f"{host}/bench/turbo-{n}:debian"]
+            run = run_once(cmd)
+            ours_s.append(run.seconds)
+            rss = max(rss, run.max_rss_mb)
+            doc = json.loads(report.read_text())
+            meta = sum(layer["size"] for layer in doc["manifests"][0]["layers"])
+            if script.is_file():
+                t0 = time.perf_counter()
+                proc = subprocess.run(["bash", str(script), *map(str, sources), str(out / f"up-{n}")],
+                                      capture_output=True, text=True, check=False)
+                if proc.returncode != 0:
+                    print(f"bench: oracle-turbo.sh failed:\n{proc.stderr[-2000:]}", file=sys.stderr)
+                    return False
+                theirs_s.append(time.perf_counter() - t0)
+                theirs_meta = sum((out / f"up-{n}" / f"layer-{i + 1}.turbo.tar.gz").stat().st_size
+                                  for i in range(len(sources)))
+    tar_bytes = sum(corpus_tar_sizes(sources))
+    print(f"\nengine: {len(sources)} gzip layers, {sum(s.stat().st_size for s in sources)} B gzip, "
+          f"{tar_bytes} B uncompressed; runs {runs}; load {os.getloadavg()[0]:.2f} after")
+    ours_med = statistics.median(ours_s)
+    print(f"ours registry→registry convert --turbo-oci: {ours_med:.2f} s median ({', '.join(f'{x:.2f}' for x in ours_s)}),"
+          f" meta {meta} B, peak RSS {rss:.0f} MB")
+    if not theirs_s:
+        print("upstream: no oracle (oracle-turbo.sh): comparison skipped")
+        return True
+    up_med = statistics.median(theirs_s)
+    t_ratio, m_ratio = ours_med / up_med, meta / theirs_meta
+    print(f"upstream local oracle-turbo.sh:            {up_med:.2f} s median ({', '.join(f'{x:.2f}' for x in theirs_s)}),"
+          f" meta {theirs_meta} B")
+    print(f"time ratio {t_ratio:.2f}x (target <= 0.5x: {'met' if t_ratio <= 0.5 else 'MISSED'}); "
+          f"meta ratio {m_ratio:.3f}x (target <= {SIZE_TARGET}x: {'met' if m_ratio <= SIZE_TARGET else 'MISSED'})")
+    return t_ratio <= 0.5 and m_ratio <= SIZE_TARGET
+
+
+def corpus_tar_sizes(sources: list[Path]) -> list[int]:
+    """Uncompressed sizes of the gzip layers (ISIZE trailer; < 4 GiB each)."""
+    import struct
+
+    sizes = []
+    for src in sources:
+        with open(src, "rb") as f:
+            f.seek(-4, os.SEEK_END)
+            sizes.append(struct.unpack("<I", f.read(4))[0])
+    return sizes
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     corpus.add_cache_args(parser)
     parser.add_argument("--runs", type=int, default=3, help="runs of our build (median time)")
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--engine", action="store_true",
+                        help="also time our registry→registry conversion against upstream's local build")
+    parser.add_argument("--engine-only", action="store_true", help="only the --engine comparison")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     data = corpus.build_corpus(args.cache_dir, quick=args.quick)
     sources = gzip_layers(data.layout)
+    if args.engine_only:
+        with tempfile.TemporaryDirectory(prefix="bench-turbo-", dir=args.workdir) as tmp:
+            return 0 if engine_vs_upstream(data.layout, sources, Path(tmp), 1 if args.quick else args.runs) else 1
     with tempfile.TemporaryDirectory(prefix="bench-turbo-", dir=args.workdir) as tmp:
         out = Path(tmp)
         try:
@@ -103,6 +179,9 @@ def main(argv: list[str] | None = None) -> int:
         line += f" {sum(theirs[0]):>11} {total:>6.3f} {sum(mine_s):>7.2f}   (upstream build {theirs[1]:.2f} s)"
     print(line)
     print(f"our peak RSS {rss:.0f} MB; size target <= {SIZE_TARGET}x upstream: {'met' if ok else 'MISSED'}")
+    if args.engine:
+        with tempfile.TemporaryDirectory(prefix="bench-turbo-", dir=args.workdir) as tmp:
+            ok = engine_vs_upstream(data.layout, sources, Path(tmp), 1 if args.quick else args.runs) and ok
     return 0 if ok else 1
 
 
