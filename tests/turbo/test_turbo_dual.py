@@ -77,3 +77,44 @@ def test_one_pass_checks_the_diff_id_before_writing(tmp_path: Path) -> None:
     with open(src, "rb") as f, pytest.raises(DiffIdMismatchError):
         apply_both_to_stack(None, None, f, n_out, t_out, source_media_type=OCI_GZIP, diff_id="sha256:" + "0" * 64)
     assert n_out.getvalue() == b"" and t_out.getvalue() == b""
+
+
+@pytest.mark.parametrize("media_type", [OCI_GZIP])
+def test_inflate_worker_gives_the_in_process_bytes(tmp_path: Path, monkeypatch, media_type: str) -> None:
+    """``formats.gzworker``: the child-process inflate (a source of 4 MiB and more) writes the same
+    meta blob and gzip.meta as the in-process one, and keeps the error classes."""
+    import gzip
+    import random
+    import tarfile
+
+    from overlaybd_provider.formats.gzcheckpoint import GzipSourceError, NotTurboCapable
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for name, data in (("a/random.bin", random.Random(3).randbytes(3 << 20)), ("a/text", b"text\n" * 50000)):
+            ti = tarfile.TarInfo(name)
+            ti.size = len(data)
+            tf.addfile(ti, io.BytesIO(data))
+    tar = buf.getvalue()  # 3 MiB of random data: several spans
+    src = tmp_path / "src.tar.gz"
+    src.write_bytes(compress(tar, media_type))
+    assert src.stat().st_size > 1 << 20
+    diff = "sha256:" + hashlib.sha256(tar).hexdigest()
+    digests = {}
+    for mode in ("0", "1"):
+        monkeypatch.setenv("OVERLAYBD_GZ_WORKER", mode)
+        with open(src, "rb") as f, open(tmp_path / f"meta{mode}", "wb") as out:
+            res = apply_turbo_to_stack(None, f, out, source_media_type=media_type, diff_id=diff)
+        digests[mode] = (res.digest, res.gzip_spans, res.diff_id, res.target_digest)
+    assert digests["0"][1] > 1
+    assert digests["0"] == digests["1"]
+    monkeypatch.setenv("OVERLAYBD_GZ_WORKER", "1")
+    bad = bytearray(src.read_bytes())
+    for i in range(len(bad) // 2, len(bad) // 2 + 64):
+        bad[i] ^= 0x5A
+    (tmp_path / "bad.gz").write_bytes(bytes(bad))
+    with open(tmp_path / "bad.gz", "rb") as f, pytest.raises(GzipSourceError, match="corrupt gzip data"):
+        apply_turbo_to_stack(None, f, io.BytesIO(), source_media_type=media_type)
+    (tmp_path / "two.gz").write_bytes(src.read_bytes() + gzip.compress(b"x" * 1024))
+    with open(tmp_path / "two.gz", "rb") as f, pytest.raises(NotTurboCapable, match="more than one member"):
+        apply_turbo_to_stack(None, f, io.BytesIO(), source_media_type=media_type)

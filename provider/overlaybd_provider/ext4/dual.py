@@ -39,8 +39,8 @@ from overlaybd_provider.ext4.turbo import (
     _seal_warp,
     _vsize,
 )
-from overlaybd_provider.formats.gzcheckpoint import CheckpointingGunzip, NotTurboCapable
-from overlaybd_provider.formats.gzindex import GzIndexWriter
+from overlaybd_provider.formats.gzcheckpoint import NotTurboCapable
+from overlaybd_provider.formats.gzworker import open_checkpointing
 from overlaybd_provider.formats.turbo import (
     FS_META_SUFFIX,
     GZIP_META,
@@ -147,10 +147,9 @@ def apply_both_to_stack(native_lower: LowerStack | None, turbo_lower: LowerStack
     if block_size_kb * 1024 != BLOCK_SIZE:
         raise NotTurboCapable(f"{name}: one-pass native+TurboOCI needs 4 KiB ZFile blocks (--bs 4)")
     compressor = BatchCompressor(ALGORITHMS[algorithm], BLOCK_SIZE, zstd_threads=min(2, os.cpu_count() or 1))
-    index = GzIndexWriter(spool_dir=spool_dir) if kind == "gzip" else None
-    stream: CheckpointingGunzip | _HashingReader = (
-        CheckpointingGunzip(source, index, name=name, hash_output=diff_id is not None)
-        if index is not None else _HashingReader(source))
+    gz = (open_checkpointing(source, name=name, hash_output=diff_id is not None, spool_dir=spool_dir)
+          if kind == "gzip" else None)
+    stream: Any = gz if gz is not None else _HashingReader(source)
     ndev = OverlayBlockDevice(native_lower, block_count=nvsize // BLOCK_SIZE, spool_dir=spool_dir,
                               compressor=compressor, expect_bytes=expected_size)
     tdev = OverlayBlockDevice(turbo_lower, block_count=tvsize // BLOCK_SIZE, spool_dir=spool_dir, turbo=True)
@@ -166,7 +165,7 @@ def apply_both_to_stack(native_lower: LowerStack | None, turbo_lower: LowerStack
         if expected_size is not None and stream.compressed_size != expected_size:
             raise TurboSourceError(f"{name}: {stream.compressed_size} bytes, expected {expected_size}")
         if diff_id is not None:
-            got = stream.content_digest if isinstance(stream, CheckpointingGunzip) else digest
+            got = stream.content_digest if gz is not None else digest
             if got != diff_id:
                 raise DiffIdMismatchError(f"{name}: content {got} does not match the config's diff_id {diff_id}")
         info, blocks = seal_blob(ndev, native_out, virtual_size=nvsize, uuid=uuid, parent_uuid=parent_uuid,
@@ -181,11 +180,9 @@ def apply_both_to_stack(native_lower: LowerStack | None, turbo_lower: LowerStack
             fsmeta.seek(0)
             members: list[tuple[str, BinaryIO | bytes]] = [(f"ext4{FS_META_SUFFIX}", fsmeta), (IDENTIFIER, b"")]
             gz_size = spans = 0
-            if index is not None:
-                assert isinstance(stream, CheckpointingGunzip)
+            if gz is not None:
                 gzf = spools.enter_context(tempfile.TemporaryFile(dir=spool_dir, prefix="gzmeta-"))
-                gzinfo = index.finish(gzf, gzip_file_size=stream.compressed_size,
-                                      uncompressed_size=stream.uncompressed_size)
+                gzinfo = gz.finish_index(gzf)
                 gzf.flush()
                 gzf.seek(0)
                 gz_size, spans = gzinfo.index_file_size, gzinfo.entries
@@ -203,7 +200,5 @@ def apply_both_to_stack(native_lower: LowerStack | None, turbo_lower: LowerStack
     finally:
         ndev.close()
         tdev.close()
-        if index is not None:
-            index.close()
-        if isinstance(stream, CheckpointingGunzip):
-            stream.close()
+        if gz is not None:
+            gz.close()
