@@ -131,6 +131,25 @@ def engine_vs_upstream(layout: Path, sources: list[Path], out: Path, runs: int) 
     return t_ratio <= 0.5 and m_ratio <= SIZE_TARGET
 
 
+def big_layer_rss(data: corpus.Corpus, out: Path) -> float:
+    """Peak RSS (MB) of our registry→registry TurboOCI conversion of the corpus's 2 GB layer as one
+    gzip layer (the issue's bound: <= 300 MB)."""
+    from ocilayout import build_layout
+    from registry import local_registry, push_layout
+
+    assert data.big is not None
+    layout = build_layout(data.big.path.with_name("layout-big"), {"big": (data.big,)})
+    with local_registry(out) as host:
+        push_layout(layout, "big", f"{host}/bench/big:v1")
+        run = run_once([*overlaybd_cli(), "convert", "--turbo-oci", "--plain-http", "--db-url", "none",
+                        "--blob-cache", "none", f"{host}/bench/big:v1", f"{host}/bench/big-turbo:v1"])
+    gz = sum(p.stat().st_size for p in (layout / "blobs/sha256").iterdir())
+    print(f"\n2 GB layer ({data.big.path.stat().st_size} B tar, ~{gz} B gzip): registry→registry convert --turbo-oci "
+          f"{run.seconds:.2f} s, peak RSS {run.max_rss_mb:.0f} MB (target <= 300 MB: "
+          f"{'met' if run.max_rss_mb <= 300 else 'MISSED'}); load {os.getloadavg()[0]:.2f}")
+    return run.max_rss_mb
+
+
 def corpus_tar_sizes(sources: list[Path]) -> list[int]:
     """Uncompressed sizes of the gzip layers (ISIZE trailer; < 4 GiB each)."""
     import struct
@@ -151,9 +170,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--engine", action="store_true",
                         help="also time our registry→registry conversion against upstream's local build")
     parser.add_argument("--engine-only", action="store_true", help="only the --engine comparison")
+    parser.add_argument("--big-rss", action="store_true",
+                        help="only: peak RSS of our registry→registry conversion of the 2 GB layer (gzip)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    data = corpus.build_corpus(args.cache_dir, quick=args.quick)
+    data = corpus.build_corpus(args.cache_dir, quick=args.quick, big=args.big or args.big_rss)
+    if args.big_rss:
+        with tempfile.TemporaryDirectory(prefix="bench-turbo-", dir=args.workdir) as tmp:
+            return 0 if big_layer_rss(data, Path(tmp)) <= 300 else 1
     sources = gzip_layers(data.layout)
     if args.engine_only:
         with tempfile.TemporaryDirectory(prefix="bench-turbo-", dir=args.workdir) as tmp:

@@ -33,7 +33,7 @@ from overlaybd_provider.oci.options import RegistryOptions
 __all__ = ["convert_image"]
 
 log = logging.getLogger(__name__)
-_OURS = ("plan.json", "pushed.json", "recorded.json", "objects", "layers", ".lock")
+_OURS = ("plan.json", "pushed.json", "recorded.json", "objects", "layers", "sources", ".lock")
 
 
 @contextlib.contextmanager

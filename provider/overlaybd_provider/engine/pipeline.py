@@ -226,7 +226,7 @@ class Pipeline:
                 pending.result()
         self._ensure_lowers(image, n, downloads)
         twin._ensure_lowers(twin_image, t, tdownloads)
-        with ws.layer_lock(n), ws.layer_lock(t):
+        with ws.layer_lock(n), ws.layer_lock(t), ws.source_lock(n):
             if not ws.source_blob(n).exists():
                 layerops.fetch_source(ws, self.src, n, self.cache)
             done = build_both_layers(ws, image, n, twin_image, t, self.options, self.cache)
@@ -277,7 +277,8 @@ class Pipeline:
         if layer.index in downloads:
             downloads.pop(layer.index).result()
         self._ensure_lowers(image, layer, downloads)
-        with ws.layer_lock(layer):
+        # the source lock too: a layer of another image with the same source may unlink it after its build
+        with ws.layer_lock(layer), ws.source_lock(layer):
             if not ws.source_blob(layer).exists():  # a retry whose earlier try deleted it
                 layerops.fetch_source(ws, self.src, layer, self.cache)
             if self.plan.turbo:

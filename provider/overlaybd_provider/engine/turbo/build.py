@@ -24,6 +24,15 @@ def set_info(ws: Workspace, layer: LayerPlan, digest: str, size: int) -> None:
                                              "out_diff_id": layer.out_diff_id})
 
 
+def _relabel(exc: OverlaybdError, image: ImagePlan, layer: LayerPlan, source) -> OverlaybdError:
+    """The same error naming the layer and its source digest instead of the scratch path."""
+    why = str(exc).replace(f"{source}: ", "").replace(str(source), layer.source_digest)
+    try:
+        return type(exc)(f"[{image.label}] layer {layer.index} ({layer.source_digest[:19]}): {why}")
+    except TypeError:
+        return exc
+
+
 def build_turbo_layer(ws: Workspace, image: ImagePlan, layer: LayerPlan, options: ConvertOptions,
                       cache: BlobCache | None = None):
     """The layer's blob in the workspace; its source is kept (TurboOCI lowers above read it)."""
@@ -49,14 +58,8 @@ def build_turbo_layer(ws: Workspace, image: ImagePlan, layer: LayerPlan, options
         layer.kind = "overlaybd"
         return build_layer(ws, image, layer, options, cache=cache, keep_source=True)
     except OverlaybdError as exc:
-        # a lying or corrupt source (digest, size, diff_id, gzip data): nothing written or recorded;
-        # the message names the layer, not the scratch path
-        why = str(exc).replace(f"{source}: ", "").replace(str(source), layer.source_digest)
-        try:
-            renamed = type(exc)(f"[{image.label}] layer {layer.index} ({layer.source_digest[:19]}): {why}")
-        except TypeError:
-            raise exc from None
-        raise renamed from None
+        # a lying or corrupt source (digest, size, diff_id, gzip data): nothing written or recorded
+        raise _relabel(exc, image, layer, source) from None
     layer.out_diff_id = res.diff_id
     set_info(ws, layer, res.digest, res.size)
     if cache is not None:
@@ -114,12 +117,7 @@ def build_both_layers(ws: Workspace, image: ImagePlan, n: LayerPlan, twin_image:
             log.info("[%s] layer %d: no one-pass build (%s)", image.label, n.index, exc)
             return None
         except OverlaybdError as exc:
-            why = str(exc).replace(f"{source}: ", "").replace(str(source), n.source_digest)
-            try:
-                renamed = type(exc)(f"[{image.label}] layer {n.index} ({n.source_digest[:19]}): {why}")
-            except TypeError:
-                raise exc from None
-            raise renamed from None
+            raise _relabel(exc, image, n, source) from None
         finally:
             for name in temps:
                 with contextlib.suppress(OSError):
