@@ -335,3 +335,44 @@ def test_cli_turbo_oci_and_both(cli, registry, registry_repo, tmp_path):
     assert both["turbo"]["target"]["digest"] == report["target"]["digest"]
     proc = cli("convert", "--turbo-oci", "--turbo-oci-destination", "x/y:z", src, "x/y:w")
     assert_user_error(proc, "use one of them")
+
+
+def test_multi_arch_index_and_platform_filter(registry, registry_repo, tmp_path, obd_export):
+    """An index of two platforms becomes an index of two TurboOCI manifests (``--oci``), each
+    readable by upstream; ``--platform`` keeps one."""
+    from overlaybd_provider.oci.layout import LayoutStore
+
+    layout = tmp_path / "multi"
+    tars = _tars(tmp_path)
+    amd = write_layout(layout, "amd", tars, [OCI_GZIP, OCI_GZIP, OCI_TAR], arch="amd64")
+    arm = write_layout(layout, "arm", tars[:2], [OCI_GZIP, OCI_TAR], arch="arm64")
+    store = LayoutStore(layout)
+    children = []
+    for digest, arch in ((amd, "amd64"), (arm, "arm64")):
+        data = (layout / "blobs/sha256" / digest[7:]).read_bytes()
+        children.append({"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digest,
+                         "size": len(data), "platform": {"os": "linux", "architecture": arch}})
+    index = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+                        "manifests": children}, separators=(",", ":")).encode()
+    store.push_manifest(index, "application/vnd.oci.image.index.v1+json", "multi")
+    src = registry.ref(registry_repo, "multi")
+    push_layout(layout, src, registry.options(), src_ref="multi")
+    dst = registry.ref(f"{registry_repo}-turbo", "multi")
+    report = run(registry, src, dst, oci=True)
+    assert [m["platform"] for m in report["manifests"]] == ["linux/amd64", "linux/arm64"]
+    assert all(layer["kind"] == "turbo" for m in report["manifests"] for layer in m["layers"])
+    r = requests.get(f"{registry.url}/v2/{registry_repo}-turbo/manifests/multi", timeout=10,
+                     headers={"Accept": "application/vnd.oci.image.index.v1+json"})
+    top = r.json()
+    assert [c["platform"]["architecture"] for c in top["manifests"]] == ["amd64", "arm64"]
+    arm_ref = f"{registry.host}/{registry_repo}-turbo@{top['manifests'][1]['digest']}"
+    manifest, _ = documents(registry, arm_ref)
+    (tmp_path / "arm").mkdir()
+    specs = fetch_stack(registry, arm_ref, manifest, tmp_path / "arm")
+    raw = tmp_path / "arm.raw"
+    obd_export(raw, specs)
+    assert_e2fsck_clean(raw)
+    assert_trees_equal(read_tree(raw), expected_tree(tar_files(tmp_path, tars[:2])))
+    one = run(registry, src, registry.ref(f"{registry_repo}-arm", "v1"), oci=True, platforms=("linux/arm64",))
+    assert [m["platform"] for m in one["manifests"]] == ["linux/arm64"]
+    assert one["manifests"][0]["digest"] == top["manifests"][1]["digest"]
