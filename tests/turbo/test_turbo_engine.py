@@ -376,3 +376,43 @@ def test_multi_arch_index_and_platform_filter(registry, registry_repo, tmp_path,
     one = run(registry, src, registry.ref(f"{registry_repo}-arm", "v1"), oci=True, platforms=("linux/arm64",))
     assert [m["platform"] for m in one["manifests"]] == ["linux/arm64"]
     assert one["manifests"][0]["digest"] == top["manifests"][1]["digest"]
+
+
+def test_another_registry_gets_copies_of_the_source_layers(registry, auth_registry, registry_repo, tmp_path,
+                                                           obd_export):
+    """DST on another registry (with credentials): no mount is possible, the source layers are
+    copied there, and the image reads from DST alone."""
+    tars = _tars(tmp_path)
+    src = publish(tmp_path, registry, registry_repo, tars, [OCI_GZIP, OCI_GZIP, OCI_TAR])
+    dst = auth_registry.ref(f"{registry_repo}-copy", "v1")
+    report = convert_image(src, dst, ConvertOptions(output="turbo-oci", blob_cache_max_bytes=0),
+                           src_registry=registry.options(), dst_registry=auth_registry.options()).to_json()
+    assert report["format"] == "turbo-oci"
+    manifest, _ = documents(auth_registry, dst)
+    specs = fetch_stack(auth_registry, dst, manifest, tmp_path)  # every blob, sources too, from DST
+    raw = tmp_path / "copy.raw"
+    obd_export(raw, specs)
+    assert_e2fsck_clean(raw)
+    assert_trees_equal(read_tree(raw), expected_tree(tar_files(tmp_path, tars)))
+
+
+def test_a_lying_diff_id_is_refused_and_nothing_is_recorded(registry, registry_repo, tmp_path, maria,
+                                                             mariadb_clean):
+    """The config claims another diff_id for layer 1: the TurboOCI build checks the content as the
+    native build does, fails naming the layer, and no row (layer or manifest) is written."""
+    import hashlib
+
+    from overlaybd_provider.ext4.errors import DiffIdMismatchError
+
+    tars = _tars(tmp_path)
+    layout = tmp_path / "lying-config"
+    write_layout(layout, "v1", tars, [OCI_GZIP, OCI_GZIP, OCI_TAR],
+                 diff_id_lies={1: "sha256:" + hashlib.sha256(b"not this layer").hexdigest()})
+    src = registry.ref(registry_repo, "v1")
+    push_layout(layout, src, registry.options())
+    with pytest.raises(DiffIdMismatchError, match="layer 1"):
+        run(registry, src, registry.ref(f"{registry_repo}-turbo", "v1"), dedup=maria)
+    recorded = mariadb_clean.query("SELECT chain_id FROM overlaybd_layers")
+    assert len(recorded) <= 1  # layer 0 may be recorded (verified), never layer 1 or above
+    assert not mariadb_clean.query("SELECT * FROM overlaybd_manifests")
+    assert _tag_missing(registry, f"{registry_repo}-turbo", "v1")
