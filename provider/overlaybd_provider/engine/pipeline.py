@@ -16,6 +16,7 @@ result and reuses it.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -82,15 +83,25 @@ class Pipeline:
             elif not self._to_build(layer) and layer.index < last_build:
                 jobs.append((layer, lambda layer=layer: self._fetch_reused(layer)))
 
-        def run(layer: LayerPlan, fetch: Callable[[], int]) -> int:
+        # The first download runs alone: the first build waits for it, so sharing the link (and, from
+        # a local registry, the cores) with the later ones would only delay everything behind it.
+        first_done = threading.Event()
+
+        def run(layer: LayerPlan, fetch: Callable[[], int], first: bool) -> int:
+            if not first:
+                first_done.wait()
             started = time.monotonic()
-            with ws.layer_lock(layer):
-                n = fetch()
+            try:
+                with ws.layer_lock(layer):
+                    n = fetch()
+            finally:
+                if first:
+                    first_done.set()
             if n:
                 emit(self.progress, image, layer, "downloaded", bytes_in=n, seconds=time.monotonic() - started)
             return n
 
-        return {layer.index: pool.submit(run, layer, fetch) for layer, fetch in jobs}
+        return {layer.index: pool.submit(run, layer, fetch, i == 0) for i, (layer, fetch) in enumerate(jobs)}
 
     def _to_build(self, layer: LayerPlan) -> bool:
         return layer.action == "build" and layer.chain_id not in self.finished
