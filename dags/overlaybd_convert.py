@@ -124,6 +124,24 @@ PARAMS = {
         "whole image again); on by default in overlaybd_nightly.",
         section=FORMAT,
     ),
+    "format": Param(
+        "overlaybd",
+        type="string",
+        enum=["overlaybd", "turbo-oci", "both"],
+        values_display={"overlaybd": "overlaybd (native)", "turbo-oci": "TurboOCIv1 (meta layers over the original)",
+                        "both": "both (native at Destination, TurboOCIv1 at TurboOCI destination)"},
+        title="Output format",
+        description="TurboOCIv1 keeps the original layers (mounted or copied into the destination) and adds "
+        "small ext4 meta layers: lazy loading without storing the image twice. zstd layers get a native layer.",
+        section=FORMAT,
+    ),
+    "turbo_destination": Param(
+        "",
+        type=["string", "null"],
+        title="TurboOCI destination",
+        description="With format both: where the TurboOCIv1 image goes (the native one goes to Destination).",
+        section=FORMAT,
+    ),
     "src_registry_conn_id": Param(
         "",
         type=["string", "null"],
@@ -177,6 +195,8 @@ def overlaybd_convert():
         referrer="{{ params.referrer }}",
         flatten="{{ params.flatten }}",
         verify="{{ params.verify }}",
+        format="{{ params.format }}",
+        turbo_destination="{{ params.turbo_destination }}",
         src_registry_conn_id="{{ params.src_registry_conn_id }}",
         dst_registry_conn_id="{{ params.dst_registry_conn_id }}",
         dedup_conn_id="{{ params.dedup_conn_id }}",

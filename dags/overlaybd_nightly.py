@@ -45,7 +45,7 @@ POOL = os.environ.get("OVERLAYBD_POOL", "default_pool")
 HEAVY = {"pool": POOL, "max_active_tis_per_dagrun": int(os.environ.get("OVERLAYBD_MAX_PARALLEL", "2"))}
 LABEL = {"map_index_template": "{{ image }}"}
 RUN_PARAMS = ("algorithm", "block_size_kb", "vsize_gb", "oci", "src_registry_conn_id", "dst_registry_conn_id",
-              "flatten")
+              "flatten", "format")
 
 
 @dag(
@@ -68,6 +68,9 @@ RUN_PARAMS = ("algorithm", "block_size_kb", "vsize_gb", "oci", "src_registry_con
                           description="Size of the ext4 filesystem of new base layers."),
         "oci": Param(False, type="boolean", title="OCI media types",
                      description="Emit OCI instead of Docker media types."),
+        "format": Param("overlaybd", type="string", enum=["overlaybd", "turbo-oci", "both"], title="Output format",
+                        description="overlaybd (native), turbo-oci (TurboOCIv1 meta layers over the original "
+                        "layers) or both (an entry then names its turbo_destination); entries may override it."),
         "src_registry_conn_id": Param("", type=["string", "null"], title="Source registry connection",
                                       description="Default oci_registry connection for sources; empty = "
                                       "oci_registry_<host> if defined, else anonymous."),
@@ -97,7 +100,8 @@ def overlaybd_nightly():
     @task_group(group_id="convert")
     def convert(source: str, destination: str, platforms: list[str], src_registry_conn_id: str | None,
                 dst_registry_conn_id: str | None, algorithm: str, block_size_kb: int, vsize_gb: int,
-                fstype: str | None, oci: bool, flatten: bool = False):
+                fstype: str | None, oci: bool, flatten: bool = False, format: str | None = None,
+                turbo_destination: str | None = None):
         pull = OverlaybdPullOperator(
             task_id="pull",
             source=source,
@@ -109,6 +113,8 @@ def overlaybd_nightly():
             fstype=fstype,
             oci=oci,
             flatten=flatten,
+            format=format,
+            turbo_destination=turbo_destination,
             src_registry_conn_id=src_registry_conn_id,
             dst_registry_conn_id=dst_registry_conn_id,
             dedup_conn_id="{{ params.dedup_conn_id }}",

@@ -162,9 +162,15 @@ def row_json(row: ConversionRow) -> dict[str, Any]:
     task_id, map_index = task_of(row)
     data = {k: v for k, v in vars(row).items() if k != "details"}
     data.update(task_id=task_id, map_index=map_index)
-    # the verify stage's result and the --flatten layer-count change (None when not run / native)
     details = row.details or {}
+    # the verify stage's result and the --flatten layer-count change (None when not run / native)
     data.update(verify=details.get("verify"), flatten=details.get("flatten"))
+    # the output format and, for TurboOCI, what it saves: source layers vs the meta blobs
+    turbo = details.get("turbo") or {}
+    data["format"] = details.get("format") or "overlaybd"
+    data["bytes_saved"] = details.get("bytes_saved", turbo.get("bytes_saved"))
+    data["meta_bytes"] = details.get("meta_bytes", turbo.get("meta_bytes"))
+    data["turbo_target"] = turbo.get("target")
     data["links"] = {
         "dag_run": dag_run_url(row.dag_id, row.run_id),
         "task_instance": task_instance_url(row.dag_id, row.run_id, task_id, map_index, row.try_number),

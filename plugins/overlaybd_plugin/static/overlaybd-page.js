@@ -275,7 +275,14 @@ function ConversionRow({ row: r }) {
           `${r.layers_reused} reused / ${r.layers_built} built`,
           h(LayerBar, { reused: r.layers_reused, built: r.layers_built }),
         ),
-        cell({ key: "sizes" }, `${bytes(r.source_bytes)} → ${bytes(r.target_bytes)}`),
+        cell(
+          { key: "sizes" },
+          `${bytes(r.source_bytes)} → ${bytes(r.target_bytes)}`,
+          r.meta_bytes != null
+            ? h(Text, { color: "fg.muted", fontSize: "xs", "data-testid": "turbo-saved" },
+                `TurboOCI meta ${bytes(r.meta_bytes)}, ${bytes(r.bytes_saved)} saved`)
+            : null,
+        ),
         cell(
           { key: "reused" },
           h(Text, { color: r.reused_bytes ? "fg.success" : "fg.muted", fontWeight: "semibold" }, bytes(r.reused_bytes)),
@@ -296,11 +303,14 @@ function ConversionRow({ row: r }) {
         null,
         h(Mono, null, r.target || "—"),
         r.target_digest ? h(Box, null, h(Mono, { color: "fg.muted", title: r.target_digest }, short(r.target_digest))) : null,
-        platforms.length || r.manifest_cached || r.verify || r.flatten
+        platforms.length || r.manifest_cached || r.verify || r.flatten || (r.format && r.format !== "overlaybd")
           ? h(
               Flex,
               { gap: 1, wrap: "wrap", mt: 1 },
               platforms.map((p) => h(Badge, { key: p, variant: "outline", size: "sm" }, p)),
+              r.format && r.format !== "overlaybd"
+                ? h(Badge, { colorPalette: "purple", variant: "subtle", size: "sm", "data-testid": "format" }, r.format)
+                : null,
               r.manifest_cached ? h(Badge, { colorPalette: "success", variant: "subtle", size: "sm" }, "manifest cache") : null,
               r.verify ? h(VerifyBadge, { verify: r.verify }) : null,
               r.flatten

@@ -13,7 +13,13 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from overlaybd_provider.engine.options import ALGORITHMS, ConvertOptions, parse_fstype
+from overlaybd_provider.engine.options import (
+    ALGORITHMS,
+    ConvertOptions,
+    OptionsError,
+    check_turbo_fstype,
+    parse_fstype,
+)
 
 if TYPE_CHECKING:
     from overlaybd_provider.engine.report import ConvertReport
@@ -39,6 +45,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     fmt.add_argument("--vsize", type=int, default=64, metavar="GB", help="virtual block device size (default 64)")
     fmt.add_argument("--fstype", default="ext4", metavar="TYPE[;MOUNT_OPTS[;MKFS_OPTS]]",
                      help="filesystem (ext4 only); mkfs options -N, -i, -m are supported")
+    fmt.add_argument("--turbo-oci", action="store_true",
+                     help="write a TurboOCIv1 image at DST: per layer an ext4 meta blob whose file data is read "
+                     "from the original (gzip or tar) layer, which is mounted or copied into DST (a zstd "
+                     "layer gets a native overlaybd layer)")
+    fmt.add_argument("--turbo-oci-destination", metavar="DST2",
+                     help="also write the TurboOCIv1 image at DST2, next to the native one at DST, from one "
+                     "download and one tar parse per layer")
     img = p.add_argument_group("image")
     img.add_argument("--oci", action="store_true", help="OCI media types instead of Docker's")
     img.add_argument("--referrer", action="store_true",
@@ -73,8 +86,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _output(args: argparse.Namespace) -> str:
+    if args.turbo_oci and args.turbo_oci_destination:
+        raise OptionsError("--turbo-oci writes only TurboOCI at DST; --turbo-oci-destination DST2 writes native at DST "
+                           "and TurboOCI at DST2: use one of them")
+    return "both" if args.turbo_oci_destination else "turbo-oci" if args.turbo_oci else "overlaybd"
+
+
 def options_from_args(args: argparse.Namespace) -> ConvertOptions:
+    output = _output(args)
+    check_turbo_fstype(args.fstype, output)
     return ConvertOptions(
+        output=output, turbo_destination=args.turbo_oci_destination,
         algorithm=args.algorithm, block_size_kb=args.bs, vsize_gb=args.vsize, fstype=parse_fstype(args.fstype),
         oci=args.oci, referrer=args.referrer, platforms=tuple(args.platform),
         concurrency_limit=args.concurrency_limit, work_dir=args.work_dir, reserve=args.reserve,
@@ -112,6 +135,8 @@ def run(args: argparse.Namespace) -> int:
             sys.stdout.write(json.dumps({"digest": digest, "document": json.loads(text)}) + "\n")
     _log_flatten(report)
     print(report.target["digest"])
+    if report.turbo is not None:
+        print(report.turbo["target"]["digest"])
     return 0
 
 

@@ -21,8 +21,8 @@ from pathlib import Path
 from overlaybd_provider.engine.dedup import DedupStore
 from overlaybd_provider.engine.dedup.lease import LayerLeases
 from overlaybd_provider.engine.options import ConvertOptions
-from overlaybd_provider.engine.pipeline import Pipeline, run_images
-from overlaybd_provider.engine.plan.model import ImagePlan
+from overlaybd_provider.engine.pipeline import Pipeline, run_images, run_pairs
+from overlaybd_provider.engine.plan.model import ImagePlan, Plan
 from overlaybd_provider.engine.plan.planner import fill_costs, prepare
 from overlaybd_provider.engine.report import ConvertReport, Progress, build_report
 from overlaybd_provider.engine.transfer import publish
@@ -33,7 +33,7 @@ from overlaybd_provider.oci.options import RegistryOptions
 __all__ = ["convert_image"]
 
 log = logging.getLogger(__name__)
-_OURS = ("plan.json", "pushed.json", "recorded.json", "objects", "layers", ".lock")
+_OURS = ("plan.json", "pushed.json", "recorded.json", "objects", "layers", "sources", ".lock")
 
 
 @contextlib.contextmanager
@@ -84,7 +84,11 @@ def convert_image(
             endpoints.callback(src_ep.close)
             dst_ep = open_endpoint(dst, dst_registry)
             endpoints.callback(dst_ep.close)
-            report = _run(ws, src, dst, options, src_ep, dst_ep, dedup, progress, started)
+            twin_ep = None
+            if options.turbo_destination:
+                twin_ep = open_endpoint(options.turbo_destination, dst_registry)
+                endpoints.callback(twin_ep.close)
+            report = _run(ws, src, dst, options, src_ep, dst_ep, dedup, progress, started, twin_ep)
         if options.reserve:
             log.info("work directory kept (--reserve): %s", root)
         else:
@@ -100,34 +104,63 @@ def convert_image(
         return report
 
 
-def _run(ws: Workspace, src: str, dst: str, options: ConvertOptions, src_ep: Endpoint, dst_ep: Endpoint,
-         dedup: DedupStore | None, progress: Progress | None, started: float) -> ConvertReport:
-    """Plan, convert every platform (in parallel), then publish config/manifests/index."""
-    plan = prepare(src, dst, ws, options, src_ep, dst_ep, dedup)
-    todo = [image for image in plan.images if not image.cached]
-    use_leases = dedup is not None and not options.no_upload and dst_ep.is_registry
-    leases = LayerLeases(dedup, dst_ep.host, plan.layer_format) if use_leases else None  # type: ignore[arg-type]
-    pipeline = Pipeline(ws, plan, options, src_ep, dst_ep, dedup, progress, options.blob_cache_store(), leases)
-    try:
-        run_images(pipeline, todo)
-    finally:
-        if leases is not None:
-            leases.close()
+def _leases(dedup: DedupStore | None, options: ConvertOptions, ep: Endpoint, plan: Plan) -> LayerLeases | None:
+    if dedup is None or options.no_upload or not ep.is_registry:
+        return None
+    return LayerLeases(dedup, ep.host, plan.layer_format)
 
+
+def _publish(ws: Workspace, plan: Plan, options: ConvertOptions, src_ep: Endpoint, dst_ep: Endpoint,
+             dedup: DedupStore | None) -> dict:
     def push_documents(image: ImagePlan, built: publish.Built, stats: publish.PushStats) -> None:
-        publish.push_image(ws, dst_ep, plan, image, built, stats, tag=None if plan.is_index else dst_ep.tag)
+        publish.push_image(ws, dst_ep, plan, image, built, stats, tag=None if plan.is_index else dst_ep.tag,
+                           src=src_ep)
         publish.record_image(dedup, dst_ep, plan, image, built.manifest)
 
     pushed = publish.publish_all(ws, plan, dst_ep, upload=not options.no_upload, per_image=push_documents)
-    log.info("converted %s -> %s: %s (%d bytes)", src, dst, pushed["digest"], pushed["size"])
+    log.info("converted %s -> %s: %s (%d bytes)", plan.source, plan.target, pushed["digest"], pushed["size"])
     fill_costs(plan, dedup)
+    return pushed
+
+
+def _run(ws: Workspace, src: str, dst: str, options: ConvertOptions, src_ep: Endpoint, dst_ep: Endpoint,
+         dedup: DedupStore | None, progress: Progress | None, started: float,
+         twin_ep: Endpoint | None = None) -> ConvertReport:
+    """Plan, convert every platform (in parallel), then publish config/manifests/index. Output
+    ``both``: the TurboOCI twin is converted in the same pass and published after the native."""
+    plan = prepare(src, dst, ws, options, src_ep, dst_ep, dedup, twin_ep)
+    twin = plan.twin_plan()
+    cache = options.blob_cache_store()
+    leases = _leases(dedup, options, dst_ep, plan)
+    pipeline = Pipeline(ws, plan, options, src_ep, dst_ep, dedup, progress, cache, leases)
+    twin_leases = None
+    try:
+        if twin is not None:
+            assert twin_ep is not None
+            twin_leases = _leases(dedup, options, twin_ep, twin)
+            pipeline.twin = Pipeline(ws, twin, options, src_ep, twin_ep, dedup, progress, cache, twin_leases)
+            run_pairs(pipeline, plan, twin)
+        else:
+            run_images(pipeline, [image for image in plan.images if not image.cached])
+    finally:
+        for held in (leases, twin_leases):
+            if held is not None:
+                held.close()
+    pushed = _publish(ws, plan, options, src_ep, dst_ep, dedup)
+    turbo_report = None
+    if twin is not None:
+        assert twin_ep is not None
+        twin_pushed = _publish(ws, twin, options, src_ep, twin_ep, dedup)
+        turbo_report = build_report(twin, twin_pushed, time.monotonic() - started).to_json()
+        plan.twin = twin.to_json()
     ws.save_plan(plan)
     report = build_report(plan, pushed, time.monotonic() - started)
+    report.turbo = turbo_report
     if options.dump_manifest:
         digests = [pushed["digest"], *(m["digest"] for m in pushed["manifests"])]
         for image in plan.images:
             if not image.cached:
-                digests.append(publish.build_image_documents(ws, plan, image).config.digest)
+                digests.append(publish.build_image_documents(ws, plan, image, dst_ep).config.digest)
         report.documents = {d: ws.get_object(d).decode() for d in dict.fromkeys(digests)
                             if ws.object_path(d).exists()}
     return report

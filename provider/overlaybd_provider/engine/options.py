@@ -18,10 +18,12 @@ __all__ = [
     "ALGORITHMS",
     "BLOCK_SIZES_KB",
     "FLATTEN_MARK",
+    "OUTPUTS",
     "ConvertOptions",
     "FsType",
     "OptionsError",
     "check_block_size",
+    "check_turbo_fstype",
     "parse_fstype",
     "parse_platforms",
 ]
@@ -39,6 +41,11 @@ BLOCK_SIZES_KB = (4, 8, 16, 32)
 CONVERTER_FORMAT = 2
 #: marks the format id of flattened layers (``--flatten``: all layers of an image in one)
 FLATTEN_MARK = "flat1"
+# Version of our TurboOCIv1 output (meta blobs, and native layers inside a TurboOCI image, whose
+# bytes depend on the TurboOCI lowers below them). 1 - first release.
+TURBO_FORMAT = 1
+#: what ``convert`` writes: native overlaybd, TurboOCIv1, or both from one download and one parse
+OUTPUTS = ("overlaybd", "turbo-oci", "both")
 # Mkfs options we implement, mapped to the ext4 writer's keyword (the ext4 profile is fixed
 # otherwise; upstream's other mke2fs switches would silently change nothing here).
 _MKFS_FLAGS = {"-N": "inodes_count", "-i": "inode_ratio", "-m": "reserved_percent"}
@@ -49,7 +56,9 @@ class OptionsError(OverlaybdError):
     operator argument / DAG param instead (``block_size_kb``, not ``--bs``)."""
 
     FIELDS = {"--algorithm": "algorithm", "--bs": "block_size_kb", "--vsize": "vsize_gb", "--fstype": "fstype",
-              "--platform": "platforms", "--concurrency-limit": "concurrency_limit"}
+              "--platform": "platforms", "--concurrency-limit": "concurrency_limit",
+              "--turbo-oci-destination": "turbo_destination", "--turbo-oci": "format=turbo-oci",
+              "--format": "format", "--flatten": "flatten"}
 
     def for_frontend(self, frontend: str) -> str:
         text = str(self)
@@ -136,6 +145,15 @@ def parse_fstype(text: str) -> FsType:
     return FsType(name=name, mount_options=mount, mkfs_options=mkfs, text=text)
 
 
+def check_turbo_fstype(fstype: str, output: str) -> None:
+    """TurboOCI output is ext4 only for now: refuse ``--fstype erofs`` (any non-ext4) up front
+    with one line saying so, before the generic "only ext4" message."""
+    name = fstype.split(";", 1)[0].strip()
+    if output != "overlaybd" and name != "ext4":
+        raise OptionsError(f"--fstype {name} with --turbo-oci is not supported yet: TurboOCIv1 output is ext4 "
+                           "only (erofs TurboOCI is the next step); drop --fstype or use native overlaybd output")
+
+
 def parse_platforms(values: list[str] | tuple[str, ...] | None) -> tuple[str, ...]:
     """``--platform`` values (repeatable, comma lists) as sorted unique ``os/arch[/variant]``."""
     out: set[str] = set()
@@ -174,6 +192,9 @@ class ConvertOptions:
     blob_cache_max_bytes: int = 20 << 30
     #: every layer of an image in one overlaybd layer (its own format id and dedup rows)
     flatten: bool = False
+    #: one of :data:`OUTPUTS`; ``both`` writes the TurboOCIv1 image to ``turbo_destination``
+    output: str = "overlaybd"
+    turbo_destination: str | None = None
 
     def blob_cache_store(self) -> BlobCache | None:
         """The :class:`~.blobcache.BlobCache` these options select, or None when disabled."""
@@ -191,11 +212,25 @@ class ConvertOptions:
             raise OptionsError(f"--vsize {self.vsize_gb}: expected 1..16383 GiB")
         if self.concurrency_limit < 1:
             raise OptionsError(f"--concurrency-limit {self.concurrency_limit}: must be >= 1")
+        if self.output not in OUTPUTS:
+            raise OptionsError(f"--format {self.output!r}: expected one of {', '.join(OUTPUTS)}")
+        if (self.output == "both") != bool(self.turbo_destination):
+            raise OptionsError("--turbo-oci-destination is needed for (and only with) output both")
+        if self.flatten and self.output != "overlaybd":
+            # a TurboOCIv1 meta layer maps the file data of exactly one source layer
+            raise OptionsError("--flatten cannot be combined with --turbo-oci or --turbo-oci-destination: "
+                               "a TurboOCIv1 layer indexes one source layer")
         if self.referrer and not self.oci:
             object.__setattr__(self, "oci", True)  # --referrer forces --oci (image.md §1)
+        check_turbo_fstype(self.fstype if isinstance(self.fstype, str) else self.fstype.text, self.output)
         if isinstance(self.fstype, str):
             object.__setattr__(self, "fstype", parse_fstype(self.fstype))
         object.__setattr__(self, "platforms", parse_platforms(list(self.platforms)))
+
+    @property
+    def turbo(self) -> bool:
+        """A TurboOCIv1 image is written (alone or next to the native one)."""
+        return self.output != "overlaybd"
 
     def layer_format_id(self) -> str:
         """Identity of the layer-blob bytes these options produce (docs/dedup.md).
@@ -209,10 +244,20 @@ class ConvertOptions:
             f"/{self.block_size_kb}k/v{self.vsize_gb}/{self.fstype.name}{mkfs}{flat}"
         )
 
-    def manifest_format_id(self) -> str:
+    def manifest_format_id(self, layer_format: str | None = None) -> str:
         """Layer format plus what else shapes the manifest bytes (subject, fs-type annotation)."""
         extra = hashlib.sha256(f"{int(self.referrer)}|{self.fstype.annotation or ''}".encode()).hexdigest()[:12]
-        return f"{self.layer_format_id()}/m{extra}"
+        return f"{layer_format or self.layer_format_id()}/m{extra}"
+
+    def turbo_layer_format_id(self) -> str:
+        """Format id of the layers of a TurboOCIv1 image (meta blobs, and native layers built on
+        TurboOCI lowers): told apart from native rows in the same tables (docs/dedup.md). The
+        meta blob and its gzip.meta are deflated by zlib-ng, so its version is part of it."""
+        from zlib_ng import zlib_ng
+
+        return self.layer_format_id().replace(f"obdpy{CONVERTER_FORMAT}/",
+                                              f"obdpy{CONVERTER_FORMAT}-turbo{TURBO_FORMAT}"
+                                              f"-zng{zlib_ng.ZLIBNG_VERSION}/", 1)
 
 
 def _compressor_version(algorithm: str) -> str:

@@ -16,6 +16,7 @@ result and reuses it.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -32,8 +33,9 @@ from overlaybd_provider.engine.transfer import layerops, publish
 from overlaybd_provider.engine.transfer.blobcache import BlobCache
 from overlaybd_provider.engine.transfer.endpoint import Endpoint
 from overlaybd_provider.engine.transfer.workspace import Workspace
+from overlaybd_provider.engine.turbo.build import build_turbo_layer
 
-__all__ = ["DOWNLOADS_PER_IMAGE", "Pipeline", "run_images"]
+__all__ = ["DOWNLOADS_PER_IMAGE", "Pipeline", "run_images", "run_pairs"]
 
 log = logging.getLogger(__name__)
 DOWNLOADS_PER_IMAGE = 4  # concurrent blob downloads per image
@@ -59,6 +61,8 @@ class Pipeline:
     #: chain ids of layers to build that an earlier try already built, pushed and recorded
     #: (their ``digest``/``size`` are set and the blob is in the target)
     finished: frozenset[str] = frozenset()
+    #: output ``both``: the TurboOCI image's pipeline (same workspace and source), run by :meth:`run_pair`
+    twin: Pipeline | None = None
 
     @property
     def upload(self) -> bool:
@@ -79,15 +83,25 @@ class Pipeline:
             elif not self._to_build(layer) and layer.index < last_build:
                 jobs.append((layer, lambda layer=layer: self._fetch_reused(layer)))
 
-        def run(layer: LayerPlan, fetch: Callable[[], int]) -> int:
+        # The first download runs alone: the first build waits for it, so sharing the link (and, from
+        # a local registry, the cores) with the later ones would only delay everything behind it.
+        first_done = threading.Event()
+
+        def run(layer: LayerPlan, fetch: Callable[[], int], first: bool) -> int:
+            if not first:
+                first_done.wait()
             started = time.monotonic()
-            with ws.layer_lock(layer):
-                n = fetch()
+            try:
+                with ws.layer_lock(layer):
+                    n = fetch()
+            finally:
+                if first:
+                    first_done.set()
             if n:
                 emit(self.progress, image, layer, "downloaded", bytes_in=n, seconds=time.monotonic() - started)
             return n
 
-        return {layer.index: pool.submit(run, layer, fetch) for layer, fetch in jobs}
+        return {layer.index: pool.submit(run, layer, fetch, i == 0) for i, (layer, fetch) in enumerate(jobs)}
 
     def _to_build(self, layer: LayerPlan) -> bool:
         return layer.action == "build" and layer.chain_id not in self.finished
@@ -95,7 +109,10 @@ class Pipeline:
     def _fetch_reused(self, layer: LayerPlan) -> int:
         if self.options.no_upload:
             raise StageError("a reused layer must be downloaded but nothing was uploaded")
-        return layerops.fetch_reused(self.ws, self.dst, layer, self.cache)
+        n = layerops.fetch_reused(self.ws, self.dst, layer, self.cache)
+        if layer.kind == "turbo":  # a TurboOCI lower reads its file data from its source layer
+            n += layerops.fetch_source(self.ws, self.src, layer, self.cache)
+        return n
 
     def _ensure_lowers(self, image: ImagePlan, layer: LayerPlan, downloads: dict[int, Future[int]]) -> None:
         """Every layer below ``layer`` is here (a layer that became a reuse while this run
@@ -120,16 +137,8 @@ class Pipeline:
                 for layer in image.layers:
                     if pending is not None and pending.done():
                         pending.result()  # a failed push stops the conversion before more work
-                    if layer.action == "reuse":
-                        emit(self.progress, image, layer, "reused")
-                        self._done(image, layer)
-                        continue
-                    if layer.chain_id in self.finished:
-                        emit(self.progress, image, layer, "built by an earlier try")
-                        self._done(image, layer)
-                        continue
-                    if not self._claim(image, layer):
-                        continue  # reused: another conversion built it meanwhile
+                    if not self._ready(image, layer):
+                        continue  # reused, or finished by an earlier try
                     info = self._build(image, layer, downloads)
                     if not self.upload:
                         self._done(image, layer)
@@ -148,6 +157,105 @@ class Pipeline:
                     future.cancel()
                 raise
 
+    def _ready(self, image: ImagePlan, layer: LayerPlan) -> bool:
+        """True: build ``layer`` here now. False: it is final already (reused, built by an earlier
+        try, or built meanwhile by a concurrent conversion)."""
+        if layer.action == "reuse":
+            emit(self.progress, image, layer, "reused")
+            self._done(image, layer)
+            return False
+        if layer.chain_id in self.finished:
+            emit(self.progress, image, layer, "built by an earlier try")
+            self._done(image, layer)
+            return False
+        return self._claim(image, layer)
+
+    # -- output both: the native image and its TurboOCI twin, one pass per layer ----------------
+
+    def run_pair(self, image: ImagePlan | None, twin_image: ImagePlan | None) -> None:
+        """Output ``both``: ``image`` (native, this pipeline) and ``twin_image`` (TurboOCI,
+        ``self.twin``), either None when its manifest is cached. Layer by layer; a layer both
+        need is built by ``ext4.dual`` from one download, one inflate and one tar parse."""
+        twin = self.twin
+        assert twin is not None
+        stats, tstats = publish.PushStats(), publish.PushStats()
+        count = len((image or twin_image).layers)  # type: ignore[union-attr]
+        with (ThreadPoolExecutor(DOWNLOADS_PER_IMAGE, thread_name_prefix="obd-fetch") as fetcher,
+              ThreadPoolExecutor(1, thread_name_prefix="obd-push") as uploader):
+            downloads = self.start_downloads(fetcher, image) if image else {}
+            tdownloads = twin.start_downloads(fetcher, twin_image) if twin_image else {}
+            pending: list[Future[None]] = []
+            try:
+                for i in range(count):
+                    for future in pending:
+                        if future.done():
+                            future.result()
+                    n = image.layers[i] if image else None
+                    t = twin_image.layers[i] if twin_image else None
+                    n_go = n is not None and self._ready(image, n)  # type: ignore[arg-type]
+                    t_go = t is not None and twin._ready(twin_image, t)  # type: ignore[arg-type]
+                    infos: tuple[dict | None, dict | None] | None = None
+                    if n_go and t_go and t.kind == "turbo":  # type: ignore[union-attr]
+                        infos = self._build_both(image, n, twin_image, t, downloads, tdownloads)  # type: ignore[arg-type]
+                    if infos is None:
+                        infos = (self._build(image, n, downloads) if n_go else None,  # type: ignore[arg-type]
+                                 twin._build(twin_image, t, tdownloads) if t_go else None)  # type: ignore[arg-type]
+                    for future in pending:
+                        future.result()  # bounded: one layer's pushes in flight
+                    pending = []
+                    for pipe, img, layer, info, st in ((self, image, n, infos[0], stats),
+                                                       (twin, twin_image, t, infos[1], tstats)):
+                        if info is None:
+                            continue
+                        if pipe.upload:
+                            pending.append(uploader.submit(pipe._push_and_record, img, layer, info, st))
+                        else:
+                            pipe._done(img, layer)  # type: ignore[arg-type]
+                for future in pending:
+                    future.result()
+                for future in [*downloads.values(), *tdownloads.values()]:
+                    future.result()
+            except BaseException:
+                for future in [*pending, *downloads.values(), *tdownloads.values()]:
+                    future.cancel()
+                raise
+
+    def _build_both(self, image: ImagePlan, n: LayerPlan, twin_image: ImagePlan, t: LayerPlan,
+                    downloads: dict[int, Future[int]], tdownloads: dict[int, Future[int]]
+                    ) -> tuple[dict, dict] | None:
+        """Both layers from one pass; None when that cannot be (a finished blob of either side
+        is here, or the source turns out not TurboOCI-capable): build them one by one then."""
+        from overlaybd_provider.engine.turbo.build import build_both_layers
+
+        twin = self.twin
+        assert twin is not None
+        ws = self.ws
+        if ws.blob_info(n) is not None or ws.blob_info(t) is not None:
+            return None
+        for pending in (downloads.pop(n.index, None), tdownloads.pop(t.index, None)):
+            if pending is not None:
+                pending.result()
+        self._ensure_lowers(image, n, downloads)
+        twin._ensure_lowers(twin_image, t, tdownloads)
+        with ws.layer_lock(n), ws.layer_lock(t), ws.source_lock(n):
+            if not ws.source_blob(n).exists():
+                layerops.fetch_source(ws, self.src, n, self.cache)
+            done = build_both_layers(ws, image, n, twin_image, t, self.options, self.cache)
+            if done is None:
+                return None
+            infos = []
+            for pipe, img, layer, st in ((self, image, n, done[0]), (twin, twin_image, t, done[1])):
+                layer.bytes_in += st.bytes_in
+                layer.bytes_out = st.bytes_out
+                layer.seconds += st.seconds
+                emit(pipe.progress, img, layer, "built (one pass, both formats)", bytes_in=st.bytes_in,
+                     bytes_out=st.bytes_out, seconds=st.seconds)
+                info = ws.blob_info(layer)
+                assert info is not None
+                layer.digest, layer.size = info["digest"], info["size"]
+                infos.append(info)
+        return infos[0], infos[1]
+
     def _claim(self, image: ImagePlan, layer: LayerPlan) -> bool:
         """True: build ``layer`` here. False: it was converted meanwhile by a concurrent
         conversion (we waited for its lease) and is now a reuse."""
@@ -157,7 +265,7 @@ class Pipeline:
         assert dedup is not None
 
         def found() -> bool:
-            return lookup_layer(layer, dst, dedup, dst.host, dst.repo, plan.layer_format)
+            return lookup_layer(layer, dst, dedup, dst.host, dst.repo, plan.layer_format_of(layer))
 
         if self.leases.acquire_or_wait(layer.chain_id, found,
                                        on_wait=lambda holder: emit(self.progress, image, layer,
@@ -174,15 +282,21 @@ class Pipeline:
             info = ws.blob_info(layer)
             if info is not None:
                 layer.dedup = "local"
+                layer.kind, layer.out_diff_id = info.get("kind", layer.kind), info.get("out_diff_id")
                 emit(self.progress, image, layer, "already built")
                 return info
         if layer.index in downloads:
             downloads.pop(layer.index).result()
         self._ensure_lowers(image, layer, downloads)
-        with ws.layer_lock(layer):
+        # the source lock too: a layer of another image with the same source may unlink it after its build
+        with ws.layer_lock(layer), ws.source_lock(layer):
             if not layerops.sources_present(ws, layer):  # a retry whose earlier try deleted it
                 layerops.fetch_source(ws, self.src, layer, self.cache)
-            result = layerops.build_layer(ws, image, layer, self.options, cache=self.cache)
+            if self.plan.turbo:
+                result = build_turbo_layer(ws, image, layer, self.options, cache=self.cache)
+            else:  # a TurboOCI twin may still need the source
+                result = layerops.build_layer(ws, image, layer, self.options, cache=self.cache,
+                                              keep_source=self.twin is not None)
             layer.bytes_in += result.bytes_in
             layer.bytes_out = result.bytes_out
             layer.seconds += result.seconds
@@ -206,6 +320,25 @@ class Pipeline:
     def _done(self, image: ImagePlan, layer: LayerPlan) -> None:
         if self.on_layer is not None:
             self.on_layer(image, layer)
+
+
+def run_pairs(pipeline: Pipeline, plan: Plan, twin: Plan, platform: str | None = None) -> None:
+    """Output ``both``: every image with its TurboOCI twin (same order: one plan of one source),
+    in parallel up to ``concurrency_limit``; a pair whose manifests are both cached is skipped."""
+    pairs = []
+    for image, timage in zip(plan.images, twin.images, strict=True):
+        if platform and not (image.platform == platform or image.platform.startswith(platform + "/")):
+            continue
+        if not (image.cached and timage.cached):
+            pairs.append((None if image.cached else image, None if timage.cached else timage))
+    limit = pipeline.options.concurrency_limit
+    if len(pairs) > 1 and limit > 1:
+        with ThreadPoolExecutor(min(limit, len(pairs)), thread_name_prefix="obd-image") as pool:
+            for future in [pool.submit(pipeline.run_pair, a, b) for a, b in pairs]:
+                future.result()
+    else:
+        for a, b in pairs:
+            pipeline.run_pair(a, b)
 
 
 def run_images(pipeline: Pipeline, images: list[ImagePlan]) -> None:

@@ -32,6 +32,7 @@ class LayerReport:
     bytes_out: int = 0
     seconds: float = 0.0
     cost: float = 0.0  # recorded build seconds of a reused layer
+    kind: str = "overlaybd"  # overlaybd | turbo (a TurboOCIv1 meta blob over the source layer)
 
 
 @dataclass
@@ -55,11 +56,18 @@ class ConvertReport:
     seconds: float = 0.0
     #: ``--dump-manifest``: converted JSON documents by digest (index/manifests/configs)
     documents: dict[str, str] = field(default_factory=dict)
+    format: str = "overlaybd"  # overlaybd | turbo-oci
+    #: TurboOCI: ``{"source_bytes", "meta_bytes", "bytes_saved"}`` over the layers of every manifest
+    #: (meta = what this image adds to the registry beyond the original layers)
+    savings: dict[str, int] | None = None
+    #: output ``both``: the report of the TurboOCIv1 image written next to this one
+    turbo: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         doc = asdict(self)
-        if not self.documents:
-            doc.pop("documents")
+        for key in ("documents", "savings", "turbo"):
+            if not doc[key]:
+                doc.pop(key)
         for manifest in doc["manifests"]:
             if manifest["flatten"] is None:
                 del manifest["flatten"]
@@ -77,6 +85,7 @@ def _layer_report(layer: LayerPlan, *, cached: bool = False) -> LayerReport:
         source_size=layer.source_size, digest=None if cached else layer.digest,
         size=None if cached else layer.size, dedup="cache" if cached else layer.dedup,
         bytes_in=layer.bytes_in, bytes_out=layer.bytes_out, seconds=round(layer.seconds, 3), cost=layer.cost,
+        kind=layer.kind,
     )
 
 
@@ -97,6 +106,19 @@ def describe_flatten(change: dict[str, int]) -> str:
     pct = f", {100.0 * (after - before) / before:+.1f}%" if before and after else ""
     return (f"flattened {change['source_layers']} layers ({human_bytes(before)}) into {change['layers']} "
             f"({human_bytes(after)}{pct})")
+
+
+def savings(plan: Plan) -> dict[str, int] | None:
+    """Bytes a TurboOCIv1 image saves against storing every layer twice: source layer bytes vs the
+    meta blobs (native layers of it, for zstd sources, count as stored in full)."""
+    if not plan.turbo:
+        return None
+    src = meta = 0
+    for image in plan.images:
+        for layer in image.layers:
+            src += layer.source_size
+            meta += layer.size or 0
+    return {"source_bytes": src, "meta_bytes": meta, "bytes_saved": src - meta}
 
 
 def build_report(plan: Plan, pushed: dict[str, Any] | None, seconds: float = 0.0) -> ConvertReport:
@@ -122,7 +144,7 @@ def build_report(plan: Plan, pushed: dict[str, Any] | None, seconds: float = 0.0
                 "size": pushed.get("size")},
         options={**{k: plan.options[k] for k in ("algorithm", "block_size_kb", "vsize_gb", "fstype", "oci", "referrer")},
                  **({"flatten": True} if plan.options.get("flatten") else {})},
-        manifests=manifests, seconds=round(seconds, 3),
+        manifests=manifests, seconds=round(seconds, 3), format=plan.output, savings=savings(plan),
     )
 
 

@@ -21,7 +21,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from overlaybd_provider.errors import OverlaybdError
 from overlaybd_provider.ext4.apply import GIB
@@ -32,8 +32,8 @@ from overlaybd_provider.ext4.fs import Filesystem
 from overlaybd_provider.ext4.layout import BLOCK_SIZE, SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE, Superblock
 from overlaybd_provider.ext4.mkfs import MkfsOptions, mkfs
 from overlaybd_provider.ext4.tarstream import ForwardReader, open_tar_stream
-from overlaybd_provider.formats.gzcheckpoint import CheckpointingGunzip, NotTurboCapable
-from overlaybd_provider.formats.gzindex import GzIndexWriter
+from overlaybd_provider.formats.gzcheckpoint import NotTurboCapable
+from overlaybd_provider.formats.gzworker import open_checkpointing
 from overlaybd_provider.formats.lsmt_writer import LSMTWriter
 from overlaybd_provider.formats.turbo import (
     FS_META_SUFFIX,
@@ -171,10 +171,9 @@ def apply_turbo_to_stack(lower: LowerStack | None, source: BinaryIO, out: Binary
         raise NotTurboCapable(f"{name}: {kind}")
     source.seek(-len(head), os.SEEK_CUR)
     vsize = _vsize(lower, vsize_gb)
-    index = GzIndexWriter(spool_dir=spool_dir) if kind == "gzip" else None
-    stream: CheckpointingGunzip | _HashingReader = (
-        CheckpointingGunzip(source, index, name=name, hash_output=diff_id is not None)
-        if index is not None else _HashingReader(source))
+    gz = (open_checkpointing(source, name=name, hash_output=diff_id is not None, spool_dir=spool_dir)
+          if kind == "gzip" else None)
+    stream: Any = gz if gz is not None else _HashingReader(source)
     dev = OverlayBlockDevice(lower, block_count=vsize // BLOCK_SIZE, spool_dir=spool_dir, turbo=True)
     try:
         if lower is None:
@@ -192,7 +191,7 @@ def apply_turbo_to_stack(lower: LowerStack | None, source: BinaryIO, out: Binary
         if expected_size is not None and stream.compressed_size != expected_size:
             raise TurboSourceError(f"{name}: {stream.compressed_size} bytes, expected {expected_size}")
         if diff_id is not None:
-            got = stream.content_digest if isinstance(stream, CheckpointingGunzip) else digest
+            got = stream.content_digest if gz is not None else digest
             if got != diff_id:
                 raise DiffIdMismatchError(f"{name}: content {got} does not match the config's diff_id {diff_id}")
         with contextlib.ExitStack() as spools:
@@ -205,11 +204,9 @@ def apply_turbo_to_stack(lower: LowerStack | None, source: BinaryIO, out: Binary
             members: list[tuple[str, BinaryIO | bytes]] = [(f"{fstype}{FS_META_SUFFIX}", fsmeta),
                                                            (IDENTIFIER, b"")]
             gz_size = spans = 0
-            if index is not None:
-                assert isinstance(stream, CheckpointingGunzip)
+            if gz is not None:
                 gzf = spools.enter_context(tempfile.TemporaryFile(dir=spool_dir, prefix="gzmeta-"))
-                gzinfo = index.finish(gzf, gzip_file_size=stream.compressed_size,
-                                      uncompressed_size=stream.uncompressed_size)
+                gzinfo = gz.finish_index(gzf)
                 gzf.flush()
                 gzf.seek(0)
                 gz_size, spans = gzinfo.index_file_size, gzinfo.entries
@@ -227,10 +224,8 @@ def apply_turbo_to_stack(lower: LowerStack | None, source: BinaryIO, out: Binary
             seconds=time.monotonic() - started)
     finally:
         dev.close()
-        if index is not None:
-            index.close()
-        if isinstance(stream, CheckpointingGunzip):
-            stream.close()
+        if gz is not None:
+            gz.close()
 
 
 def apply_turbo_layer(lowers: Sequence[str | os.PathLike[str]], source_path: str | os.PathLike[str],

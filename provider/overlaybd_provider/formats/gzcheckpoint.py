@@ -23,7 +23,7 @@ from typing import BinaryIO
 
 from overlaybd_provider.formats.errors import FormatError
 from overlaybd_provider.formats.gzindex import SPAN, WINSIZE, GzIndexWriter
-from overlaybd_provider.formats.zlibapi import Z_BLOCK, Z_BUF_ERROR, Z_OK, Z_STREAM_END, ZStream, zlib_lib
+from overlaybd_provider.formats.zlibapi import Z_BLOCK, Z_BUF_ERROR, Z_OK, Z_STREAM_END, ZStream, inflate_lib
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class CheckpointingGunzip(io.RawIOBase):
     def __init__(self, src: BinaryIO, index: GzIndexWriter | None, *, name: str = "gzip layer",
                  span: int = SPAN, hash_output: bool = False) -> None:
         self._src, self._index, self.name, self._span = src, index, name, span
-        self._z = zlib_lib()
+        self._z = inflate_lib()  # zlib-ng when available: same stream, ~1.5x faster
         self._strm = ZStream()
         ret = self._z.inflateInit2_(ctypes.byref(self._strm), 31, self._z.zlibVersion(), ctypes.sizeof(ZStream))
         if ret != Z_OK:

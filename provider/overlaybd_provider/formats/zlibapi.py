@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+from typing import Any
 
 Z_OK, Z_STREAM_END, Z_NEED_DICT, Z_BUF_ERROR = 0, 1, 2, -5
 Z_NO_FLUSH, Z_BLOCK = 0, 5
@@ -43,6 +44,44 @@ def zlib_lib() -> ctypes.CDLL:
         lib.inflateSetDictionary.argtypes = [p, ctypes.c_char_p, ctypes.c_uint]
         _lib = lib
     return _lib
+
+
+class _ZngLib:
+    """zlib-ng's native inflate (``zng_*``, exported by the pinned ``zlib_ng`` extension module),
+    behind the names :func:`zlib_lib` gives: about twice system zlib's inflate speed, same
+    stream semantics (``Z_BLOCK``, ``data_type``). ``zng_stream`` has ``z_stream``'s layout up to
+    ``data_type`` on LP64, and the same size (a 32-bit ``adler`` padded to 8 bytes)."""
+
+    def __init__(self, lib: ctypes.CDLL) -> None:
+        p = ctypes.POINTER(ZStream)
+        lib.zng_inflateInit2.argtypes = [p, ctypes.c_int32]
+        lib.zng_inflate.argtypes = [p, ctypes.c_int32]
+        lib.zng_inflateEnd.argtypes = [p]
+        self.inflate, self.inflateEnd = lib.zng_inflate, lib.zng_inflateEnd
+        self._init = lib.zng_inflateInit2
+
+    def inflateInit2_(self, strm: Any, window_bits: int, _version: bytes, _size: int) -> int:
+        return self._init(strm, window_bits)
+
+    def zlibVersion(self) -> bytes:
+        return b"zlib-ng"
+
+
+_zng: _ZngLib | None = None
+
+
+def inflate_lib() -> Any:
+    """The fastest inflate with ``Z_BLOCK`` here: zlib-ng's (pinned, so the same everywhere), else
+    system zlib. Only for sequential inflate (no ``inflatePrime``/dictionary calls)."""
+    global _zng
+    if _zng is None:
+        try:
+            from zlib_ng import zlib_ng
+
+            _zng = _ZngLib(ctypes.CDLL(zlib_ng.__file__))
+        except (ImportError, OSError, AttributeError):
+            return zlib_lib()
+    return _zng
 
 
 class RawInflater:

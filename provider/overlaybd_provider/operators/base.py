@@ -30,6 +30,8 @@ from overlaybd_provider.operators.failures import OverlaybdRetryPolicy, engine_e
 from overlaybd_provider.operators.summary import conversion_row
 
 OPTION_FIELDS = ("algorithm", "block_size_kb", "vsize_gb", "fstype", "oci", "referrer", "flatten")
+#: output format (``overlaybd`` | ``turbo-oci`` | ``both``) and, for ``both``, where the TurboOCI image goes
+TURBO_FIELDS = ("format", "turbo_destination")
 CONNECTION_FIELDS = ("src_registry_conn_id", "dst_registry_conn_id", "dedup_conn_id")
 
 
@@ -79,7 +81,8 @@ def utc_now_iso() -> str:
 
 
 def convert_options(*, algorithm: Any, block_size_kb: Any, vsize_gb: Any, fstype: Any, oci: Any, referrer: Any,
-                    platforms: Any = None, flatten: Any = False):
+                    platforms: Any = None, flatten: Any = False, format: Any = None,
+                    turbo_destination: Any = None):
     """``ConvertOptions`` from operator arguments (strings from templates included); raises the
     engine's ``OptionsError`` naming the argument (``block_size_kb``), not the CLI flag."""
     from overlaybd_provider.engine.options import ConvertOptions, OptionsError
@@ -90,7 +93,8 @@ def convert_options(*, algorithm: Any, block_size_kb: Any, vsize_gb: Any, fstype
         return ConvertOptions(
             algorithm=str(algorithm), block_size_kb=int(block_size_kb), vsize_gb=int(vsize_gb),
             fstype=str(fstype or "ext4"), oci=as_bool(oci), referrer=as_bool(referrer),
-            platforms=tuple(as_platforms(platforms)), flatten=as_bool(flatten),
+            platforms=tuple(as_platforms(platforms)), flatten=as_bool(flatten), output=str(format or "overlaybd"),
+            turbo_destination=None if _blank(turbo_destination) else str(turbo_destination),
         )
     except (TypeError, ValueError) as exc:
         raise OptionsError(f"invalid conversion option: {exc}") from None
@@ -118,7 +122,8 @@ class OverlaybdBaseOperator(BaseOperator):
         from overlaybd_provider.engine.options import OptionsError
         from overlaybd_provider.errors import message_for
 
-        values = {name: getattr(self, name) for name in (*OPTION_FIELDS, "platforms") if hasattr(self, name)}
+        values = {name: getattr(self, name) for name in (*OPTION_FIELDS, *TURBO_FIELDS, "platforms")
+                  if hasattr(self, name)}
         if not all(is_known(v) for v in values.values()):
             return  # decided at run time (templates, mapped arguments): execute() validates then
         try:
@@ -213,4 +218,6 @@ class OverlaybdBaseOperator(BaseOperator):
 def describe_options(options: Any) -> str:
     """``lz4 4K vsize 64G ext4`` (+ ``oci``/``referrer``) for log lines."""
     text = f"{options.algorithm} {options.block_size_kb}K vsize {options.vsize_gb}G {options.fstype.text}"
+    if getattr(options, "output", "overlaybd") != "overlaybd":
+        text += f" format {options.output}" + (f" → {options.turbo_destination}" if options.turbo_destination else "")
     return text + "".join(f" {flag}" for flag in ("oci", "referrer", "flatten") if getattr(options, flag, False))

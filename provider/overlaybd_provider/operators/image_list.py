@@ -3,8 +3,9 @@
 Each entry needs ``source`` and ``destination``; optional: ``platforms`` (list or comma string),
 its own connections (``src_registry_conn_id``, ``dst_registry_conn_id``; empty = the connection
 named after the registry host, ``oci_registry_<host>``, else the run's) and its own format options
-(``algorithm``, ``block_size_kb``, ``vsize_gb``, ``fstype``, ``oci``, ``flatten``; empty = the run's
-params).
+(``algorithm``, ``block_size_kb``, ``vsize_gb``, ``fstype``, ``oci``, ``flatten``, ``format``:
+``overlaybd`` | ``turbo-oci`` | ``both``, and for ``both`` its ``turbo_destination``; empty = the
+run's params).
 Entries are validated up front so a typo fails the listing task with one clear line instead of
 failing one mapped conversion later.
 """
@@ -20,7 +21,7 @@ from overlaybd_provider.errors import OverlaybdError, message_for
 from overlaybd_provider.operators.base import as_platforms, convert_options
 
 CONNECTIONS = ("src_registry_conn_id", "dst_registry_conn_id")
-OPTIONS = ("algorithm", "block_size_kb", "vsize_gb", "fstype", "oci", "flatten")
+OPTIONS = ("algorithm", "block_size_kb", "vsize_gb", "fstype", "oci", "flatten", "format", "turbo_destination")
 KEYS = ("source", "destination", "platforms", *CONNECTIONS, *OPTIONS)
 
 
@@ -70,4 +71,5 @@ def parse_image_list(text: str, *, origin: str = "image list",
     return images
 
 
-_FALLBACK = {"algorithm": "lz4", "block_size_kb": 4, "vsize_gb": 64, "fstype": "ext4", "oci": False, "flatten": False}
+_FALLBACK = {"algorithm": "lz4", "block_size_kb": 4, "vsize_gb": 64, "fstype": "ext4", "oci": False, "flatten": False,
+             "format": "overlaybd", "turbo_destination": None}

@@ -21,6 +21,7 @@ from overlaybd_provider.operators.assets import emit_converted, with_converted_o
 from overlaybd_provider.operators.base import (
     CONNECTION_FIELDS,
     OPTION_FIELDS,
+    TURBO_FIELDS,
     OverlaybdBaseOperator,
     _blank,
     as_bool,
@@ -55,9 +56,13 @@ class OverlaybdPullOperator(OverlaybdBaseOperator):
         else an embedded SQLite file)
     :param flatten: all layers of each platform in one overlaybd layer (``convert --flatten``);
         travels to the later stages in the plan
+    :param format: ``overlaybd`` (native), ``turbo-oci`` (TurboOCIv1: meta layers over the original
+        layers, which are mounted or copied into ``destination``) or ``both`` (native at
+        ``destination`` and TurboOCIv1 at ``turbo_destination``, from one pass per layer)
     """
 
-    template_fields = ("source", "destination", "platforms", *OPTION_FIELDS, *CONNECTION_FIELDS, "use_dedup")
+    template_fields = ("source", "destination", "platforms", *OPTION_FIELDS, *CONNECTION_FIELDS, "use_dedup",
+                       *TURBO_FIELDS)
 
     def __init__(
         self,
@@ -76,6 +81,8 @@ class OverlaybdPullOperator(OverlaybdBaseOperator):
         dedup_conn_id: str | None = None,
         use_dedup: bool | str = True,
         flatten: bool | str = False,
+        format: str | None = "overlaybd",
+        turbo_destination: str | None = None,
         **kwargs: Any,
     ) -> None:
         for legacy in ("staging_base", "staging"):
@@ -97,13 +104,16 @@ class OverlaybdPullOperator(OverlaybdBaseOperator):
         self.dedup_conn_id = dedup_conn_id
         self.use_dedup = use_dedup
         self.flatten = flatten
+        self.format = format
+        self.turbo_destination = turbo_destination
         self.validate_options()
 
     def convert_options(self):
         with self.engine_call("conversion options"):
             return convert_options(algorithm=self.algorithm, block_size_kb=self.block_size_kb,
                                    vsize_gb=self.vsize_gb, fstype=self.fstype, oci=self.oci,
-                                   referrer=self.referrer, platforms=self.platforms, flatten=self.flatten)
+                                   referrer=self.referrer, platforms=self.platforms, flatten=self.flatten,
+                                   format=self.format, turbo_destination=self.turbo_destination)
 
     def connections(self) -> dict[str, Any]:
         return {"src_registry_conn_id": self.src_registry_conn_id or None,

@@ -55,6 +55,7 @@ def summarize(report: Mapping[str, Any]) -> dict[str, Any]:
         "seconds_saved": round(sum(float(x.get("cost") or 0.0) for x in reused), 3),
         "seconds": round(float(report.get("seconds") or 0.0), 3),
         **_flatten(manifests),
+        **_format_fields(report),
     }
 
 
@@ -66,6 +67,22 @@ def _flatten(manifests: list[Mapping[str, Any]]) -> dict[str, Any]:
         return {}
     return {"flatten": {k: sum(int(c.get(k) or 0) for c in changes)
                         for k in ("source_layers", "layers", "source_bytes", "bytes")}}
+
+
+def _format_fields(report: Mapping[str, Any]) -> dict[str, Any]:
+    """``format`` and, for TurboOCI, the bytes saved (source layers vs the meta blobs); output
+    ``both`` adds the TurboOCI image under ``turbo``."""
+    out: dict[str, Any] = {"format": report.get("format") or "overlaybd"}
+    savings = report.get("savings")
+    if savings:
+        out.update(meta_bytes=int(savings.get("meta_bytes") or 0), bytes_saved=int(savings.get("bytes_saved") or 0))
+    turbo = report.get("turbo")
+    if turbo:
+        inner = summarize(turbo)
+        out["format"] = "both"
+        out["turbo"] = {k: inner.get(k) for k in ("target", "target_digest", "format", "layers_built",
+                                                  "layers_reused", "source_bytes", "meta_bytes", "bytes_saved")}
+    return out
 
 
 def conversion_row(
@@ -107,7 +124,8 @@ def conversion_row(
         dag_id=dag_id,
         run_id=run_id,
         details={"dedup": dict(summary.get("dedup") or {}),
-                 **{k: dict(summary[k]) for k in ("flatten", "verify") if summary.get(k)}},
+                 **{k: dict(summary[k]) for k in ("flatten", "verify") if summary.get(k)},
+                 **{k: summary[k] for k in ("format", "meta_bytes", "bytes_saved", "turbo") if k in summary}},
         task_id=task_id,
         map_index=map_index,
         try_number=try_number,

@@ -146,6 +146,7 @@ def build_manifest(
     *,
     oci: bool,
     subject: Descriptor | None = None,
+    artifact_type: str = ARTIFACT_TYPE,
 ) -> bytes:
     """Source manifest with config/layers/mediaType replaced; annotations kept (§5)."""
     manifest = parse_manifest(source_manifest)
@@ -153,7 +154,7 @@ def build_manifest(
     manifest["layers"] = [copy.deepcopy(layer) for layer in layers]
     manifest["mediaType"] = media_types(oci)["manifest"]
     if subject is not None:
-        manifest["artifactType"] = ARTIFACT_TYPE
+        manifest["artifactType"] = artifact_type
         manifest["subject"] = subject.as_go()
     return go_marshal(gotypes.to_go(gotypes.MANIFEST, manifest))
 
@@ -194,6 +195,7 @@ def build_index(
     *,
     oci: bool,
     subject: Descriptor | None = None,
+    artifact_type: str = ARTIFACT_TYPE,
 ) -> bytes:
     """Index of converted children: each keeps platform/annotations, gets the new mediaType,
     digest and size; children not in ``converted`` (attestations, filtered) are removed (§5)."""
@@ -210,6 +212,6 @@ def build_index(
     if oci:
         index["mediaType"] = OCI_INDEX
     if subject is not None:
-        index["artifactType"] = ARTIFACT_TYPE
+        index["artifactType"] = artifact_type
         index["subject"] = subject.as_go()
     return go_marshal(gotypes.to_go(gotypes.INDEX, index))

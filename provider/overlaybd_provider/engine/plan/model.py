@@ -40,6 +40,11 @@ class LayerPlan:
     #: a flattened layer (``--flatten``): the source layers applied into it, bottom first,
     #: ``[{"digest", "size", "media_type", "diff_id"}]``; None for a native per-layer layer
     parts: list[dict[str, Any]] | None = None
+    # TurboOCIv1 images (plan.output "turbo-oci"): "turbo" = a meta blob over the source layer;
+    # "overlaybd" = a native layer (a zstd source cannot be TurboOCI). There ``chain_id`` is the
+    # turbo chain key (engine/turbo/keys.py), not the OCI chain id.
+    kind: str = "overlaybd"
+    out_diff_id: str | None = None  # the config's diff_id when it is not ``digest`` (turbo: meta tar)
 
     @property
     def key(self) -> str:
@@ -79,6 +84,20 @@ class Plan:
     manifest_format: str
     images: list[ImagePlan] = field(default_factory=list)
     version: int = PLAN_VERSION
+    output: str = "overlaybd"  # overlaybd | turbo-oci (the kind of image this plan writes)
+    #: output "both": the TurboOCIv1 plan (same images, its own target), converted in the same run
+    twin: dict[str, Any] | None = None
+
+    @property
+    def turbo(self) -> bool:
+        return self.output == "turbo-oci"
+
+    def layer_format_of(self, layer: LayerPlan) -> str:
+        """Dedup format id of one layer: a TurboOCI image's rows also say which kind the blob is."""
+        return f"{self.layer_format}/{layer.kind}" if self.turbo else self.layer_format
+
+    def twin_plan(self) -> Plan | None:
+        return Plan.from_json(self.twin) if self.twin else None
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

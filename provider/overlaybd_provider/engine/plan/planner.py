@@ -36,6 +36,8 @@ def _options_doc(options: ConvertOptions) -> dict:
         "reserve": options.reserve,
         "no_upload": options.no_upload,
         "flatten": options.flatten,
+        "output": options.output,
+        "turbo_destination": options.turbo_destination,
     }
 
 
@@ -91,8 +93,9 @@ def _plan_image(
     return plan
 
 
-def make_plan(src: Endpoint, dst_text: str, options: ConvertOptions, ws: Workspace) -> Plan:
-    """Resolve the source and read every manifest/config to convert into the workspace."""
+def make_plan(src: Endpoint, dst_text: str, options: ConvertOptions, ws: Workspace, *, turbo: bool = False) -> Plan:
+    """Resolve the source and read every manifest/config to convert into the workspace.
+    ``turbo``: the plan of the TurboOCIv1 image (its own layer keys and format ids)."""
     media_type, digest, size = src.resolve()
     top = src.get_manifest(digest, size)
     ws.put_object(digest, top)
@@ -120,6 +123,14 @@ def make_plan(src: Endpoint, dst_text: str, options: ConvertOptions, ws: Workspa
         ):
             raise EngineError(f"{src.text}: image platform {image.platform} does not match --platform")
         plan.images.append(image)
+    if turbo:
+        from overlaybd_provider.engine.turbo.keys import as_turbo_layers
+
+        plan.output = "turbo-oci"
+        plan.layer_format = options.turbo_layer_format_id()
+        plan.manifest_format = options.manifest_format_id(plan.layer_format)
+        for image in plan.images:
+            as_turbo_layers(image.layers)
     return plan
 
 
@@ -133,7 +144,7 @@ def resolve_dedup(plan: Plan, dst: Endpoint, dedup: DedupStore, oci: bool) -> No
             log.info("[%s] manifest cache hit: %s (%s)", image.label, image.cached["digest"], image.cached["how"])
             continue
         for layer in image.layers:
-            lookup_layer(layer, dst, dedup, host, repo, plan.layer_format)
+            lookup_layer(layer, dst, dedup, host, repo, plan.layer_format_of(layer))
 
 
 def lookup_layer(layer: LayerPlan, dst: Endpoint, dedup: DedupStore, host: str, repo: str, fmt: str) -> bool:
@@ -158,11 +169,20 @@ def lookup_layer(layer: LayerPlan, dst: Endpoint, dedup: DedupStore, host: str, 
     return False
 
 
-def _missing_blob(dst: Endpoint, data: bytes, from_repo: str | None) -> str | None:
+def _missing_blob(dst: Endpoint, data: bytes, from_repo: str | None, image: ImagePlan | None = None) -> str | None:
     """The first blob of manifest ``data`` that is neither in ``dst`` nor mountable from
-    ``from_repo``; None when every blob is there (a manifest row is only as good as its blobs)."""
+    ``from_repo``; None when every blob is there (a manifest row is only as good as its blobs).
+    The source layers TurboOCI layers read from (``target-digest``) count too."""
+    from overlaybd_provider.formats.turbo import ANN_TARGET_DIGEST
+
     manifest = mf.parse_manifest(data)
-    for blob in [manifest["config"], *(manifest["layers"] or [])]:
+    blobs = [manifest["config"], *(manifest["layers"] or [])]
+    sizes = {layer.source_digest: layer.source_size for layer in image.layers} if image is not None else {}
+    for layer in manifest["layers"] or []:
+        target = (layer.get("annotations") or {}).get(ANN_TARGET_DIGEST)
+        if target:
+            blobs.append({"digest": target, "size": sizes.get(target, 0)})
+    for blob in blobs:
         if dst.has_blob(blob["digest"]):
             continue
         if from_repo is not None and dst.mount_blob(blob["digest"], blob["size"], from_repo):
@@ -178,7 +198,7 @@ def _manifest_cache(
     if row is not None:
         try:
             data = dst.get_manifest(row.digest)
-            missing = _missing_blob(dst, data, None)
+            missing = _missing_blob(dst, data, None, image)
         except NotFoundError:
             missing = row.digest
         if missing is None:
@@ -196,7 +216,7 @@ def _manifest_cache(
             continue
         finally:
             other.close()
-        missing = _missing_blob(dst, data, row.repo)
+        missing = _missing_blob(dst, data, row.repo, image)
         if missing is not None:
             log.info("manifest cache row %s/%s@%s is stale (%s cannot be had): deleted", host, row.repo,
                      row.digest, missing)
@@ -223,11 +243,22 @@ def fill_costs(plan: Plan, dedup: DedupStore | None) -> None:
 
 
 def prepare(src: str, dst: str, ws: Workspace, options: ConvertOptions, src_ep: Endpoint, dst_ep: Endpoint,
-            dedup: DedupStore | None) -> Plan:
+            dedup: DedupStore | None, twin_ep: Endpoint | None = None) -> Plan:
     """Plan + push-access check + dedup decisions, saved to plan.json (``convert_image`` and the
-    pull stage)."""
+    pull stage). Output ``both``: the TurboOCIv1 plan for ``twin_ep`` rides along as ``twin``."""
     ws.root.mkdir(parents=True, exist_ok=True)
-    plan = make_plan(src_ep, dst, options, ws)
+    plan = make_plan(src_ep, dst, options, ws, turbo=options.output == "turbo-oci")
+    _decide(plan, ws, options, dst_ep, dedup)
+    if options.output == "both":
+        assert twin_ep is not None and options.turbo_destination
+        twin = make_plan(src_ep, options.turbo_destination, options, ws, turbo=True)
+        _decide(twin, ws, options, twin_ep, dedup)
+        plan.twin = twin.to_json()
+    ws.save_plan(plan)
+    return plan
+
+
+def _decide(plan: Plan, ws: Workspace, options: ConvertOptions, dst_ep: Endpoint, dedup: DedupStore | None) -> None:
     if not options.no_upload:
         dst_ep.check_push()  # an unreachable or refusing target fails before downloads and builds
     if dedup is not None and not options.no_upload and dst_ep.is_registry:
@@ -236,5 +267,3 @@ def prepare(src: str, dst: str, ws: Workspace, options: ConvertOptions, src_ep: 
         for layer in image.layers:
             if layer.action == "build" and ws.blob_info(layer) is not None:
                 layer.dedup = "local"  # finished by an earlier run in this work directory
-    ws.save_plan(plan)
-    return plan

@@ -26,7 +26,7 @@ from overlaybd_provider.engine.dedup import DedupStore
 from overlaybd_provider.engine.dedup.lease import LayerLeases
 from overlaybd_provider.engine.errors import StageError
 from overlaybd_provider.engine.options import ConvertOptions, parse_fstype
-from overlaybd_provider.engine.pipeline import Pipeline, run_images
+from overlaybd_provider.engine.pipeline import Pipeline, run_images, run_pairs
 from overlaybd_provider.engine.plan.model import ImagePlan, LayerPlan, Plan
 from overlaybd_provider.engine.plan.planner import fetch_object, fill_costs, prepare
 from overlaybd_provider.engine.report import Progress, build_report
@@ -54,6 +54,7 @@ def options_from_plan(plan: Plan) -> ConvertOptions:
         fstype=parse_fstype(o["fstype"]), oci=o["oci"], referrer=o["referrer"], platforms=tuple(o["platforms"]),
         concurrency_limit=o["concurrency_limit"], reserve=False, no_upload=o["no_upload"],
         blob_cache_max_bytes=0, flatten=bool(o.get("flatten", False)),
+        output=o.get("output", "overlaybd"), turbo_destination=o.get("turbo_destination"),
     )
 
 
@@ -104,13 +105,17 @@ def pull(src: str, dst: str, *, options: ConvertOptions | None = None,
     options = options or ConvertOptions()
     src_ep = open_endpoint(src, src_registry)
     dst_ep = open_endpoint(dst, dst_registry)
+    twin_ep = open_endpoint(options.turbo_destination, dst_registry) if options.turbo_destination else None
     try:
         with scratch(work_dir, "overlaybd-pull-") as root:
-            plan = prepare(src, dst, Workspace(root), options, src_ep, dst_ep, dedup)
+            plan = prepare(src, dst, Workspace(root), options, src_ep, dst_ep, dedup, twin_ep)
     finally:
         src_ep.close()
         dst_ep.close()
+        if twin_ep is not None:
+            twin_ep.close()
     fill_costs(plan, dedup)
+    _with_twin(plan, lambda twin: fill_costs(twin, dedup))
     return {
         "kind": HANDOVER,
         "plan": plan.to_json(),
@@ -120,6 +125,16 @@ def pull(src: str, dst: str, *, options: ConvertOptions | None = None,
         "target": dst,
         **_summary(plan),
     }
+
+
+def _with_twin(plan: Plan, action: Callable[[Plan], Any]) -> Any:
+    """Run ``action`` on the TurboOCI twin plan (output ``both``) and store it back; None without one."""
+    twin = plan.twin_plan()
+    if twin is None:
+        return None
+    result = action(twin)
+    plan.twin = twin.to_json()
+    return result
 
 
 def _selected(plan: Plan, platform: str | None) -> list[ImagePlan]:
@@ -144,29 +159,56 @@ def build(conversion: Mapping[str, Any], *, src_registry: RegistryOptions | None
     require_local(plan.source, conversion.get("pulled_on"))
     require_local(plan.target, conversion.get("pulled_on"))
     options = options_from_plan(plan)
+    twin = plan.twin_plan()
     images = _selected(plan, platform)
     src_ep = open_endpoint(plan.source, src_registry)
     dst_ep = open_endpoint(plan.target, dst_registry)
-    leases = None
+    twin_ep = open_endpoint(twin.target, dst_registry) if twin is not None else None
+    held: list[LayerLeases] = []
+
+    def leases_for(p: Plan, ep: Endpoint) -> LayerLeases | None:
+        if dedup is None or options.no_upload or not ep.is_registry:
+            return None
+        held.append(LayerLeases(dedup, ep.host, p.layer_format))
+        return held[-1]
+
     try:
         done = _restore_finished(images, dst_ep, finished or {})
-        if dedup is not None and not options.no_upload and dst_ep.is_registry:
-            leases = LayerLeases(dedup, dst_ep.host, plan.layer_format)
+        if twin is not None:
+            assert twin_ep is not None
+            done |= _restore_finished(_selected(twin, platform), twin_ep, finished or {})
         with scratch(work_dir, "overlaybd-build-") as root:
-            pipeline = Pipeline(Workspace(root), plan, options, src_ep, dst_ep, dedup, progress, cache, leases,
-                                on_layer, finished=frozenset(done))
-            run_images(pipeline, images)
+            ws = Workspace(root)
+            pipeline = Pipeline(ws, plan, options, src_ep, dst_ep, dedup, progress, cache,
+                                leases_for(plan, dst_ep), on_layer, finished=frozenset(done))
+            if twin is not None:
+                assert twin_ep is not None
+                pipeline.twin = Pipeline(ws, twin, options, src_ep, twin_ep, dedup, progress, cache,
+                                         leases_for(twin, twin_ep), on_layer, finished=frozenset(done))
+                run_pairs(pipeline, plan, twin, platform)
+            else:
+                run_images(pipeline, images)
     finally:
-        if leases is not None:
-            leases.close()
+        for lease in held:
+            lease.close()
         src_ep.close()
         dst_ep.close()
+        if twin_ep is not None:
+            twin_ep.close()
     fill_costs(plan, dedup)
-    built = [{"platform": image.platform, "index": layer.index, "chain_id": layer.chain_id,
-              "digest": layer.digest, "size": layer.size, "dedup": layer.dedup, "bytes_in": layer.bytes_in,
-              "seconds": round(layer.seconds, 3)}
-             for image in images for layer in image.layers if layer.action == "build" or layer.dedup == "wait"]
+    built = _built(images)
+    if twin is not None:
+        fill_costs(twin, dedup)
+        built += [{**row, "format": "turbo-oci"} for row in _built(_selected(twin, platform))]
+        plan.twin = twin.to_json()
     return _handover(conversion, plan, built=built, **_summary(plan))
+
+
+def _built(images: list[ImagePlan]) -> list[dict[str, Any]]:
+    return [{"platform": image.platform, "index": layer.index, "chain_id": layer.chain_id,
+             "digest": layer.digest, "size": layer.size, "dedup": layer.dedup, "bytes_in": layer.bytes_in,
+             "seconds": round(layer.seconds, 3), "kind": layer.kind}
+            for image in images for layer in image.layers if layer.action == "build" or layer.dedup == "wait"]
 
 
 def _restore_finished(images: list[ImagePlan], dst: Endpoint,
@@ -215,23 +257,34 @@ def push(conversion: Mapping[str, Any], *, src_registry: RegistryOptions | None 
     plan = _plan_of(conversion)
     require_local(plan.source, conversion.get("pulled_on"))
     require_local(plan.target, conversion.get("pulled_on"))
-    missing = [f"{image.label} layer {layer.index}" for image in plan.images if not image.cached
-               for layer in image.layers if layer.digest is None]
+    twin = plan.twin_plan()
+    missing = [f"{image.label} layer {layer.index}" for p in (plan, twin) if p is not None for image in p.images
+               if not image.cached for layer in image.layers if layer.digest is None]
     if missing:
         raise StageError(f"not built yet: {', '.join(missing[:5])}: run the build stage first")
+    extra: dict[str, Any] = {}
     src_ep = open_endpoint(plan.source, src_registry)
-    dst_ep = open_endpoint(plan.target, dst_registry)
     try:
         with scratch(work_dir, "overlaybd-push-") as root:
             ws = Workspace(root)
             _fetch_documents(ws, plan, src_ep)
-            pushed = publish.publish_all(ws, plan, dst_ep, upload=not plan.options["no_upload"])
+            pushed = _push_one(ws, plan, src_ep, dst_registry)
+            if twin is not None:  # output both: the TurboOCI image next to the native one
+                extra["turbo_pushed"] = _push_one(ws, twin, src_ep, dst_registry)
+                plan.twin = twin.to_json()
     finally:
         src_ep.close()
-        dst_ep.close()
     if progress is not None:
         progress({"event": "pushed", **pushed})
-    return _handover(conversion, plan, pushed=pushed)
+    return _handover(conversion, plan, pushed=pushed, **extra)
+
+
+def _push_one(ws: Workspace, plan: Plan, src_ep: Endpoint, dst_registry: RegistryOptions | None) -> dict[str, Any]:
+    dst_ep = open_endpoint(plan.target, dst_registry)
+    try:
+        return publish.publish_all(ws, plan, dst_ep, upload=not plan.options["no_upload"], src=src_ep)
+    finally:
+        dst_ep.close()
 
 
 def record(conversion: Mapping[str, Any], *, dedup: DedupStore | None) -> dict[str, Any]:
@@ -240,6 +293,18 @@ def record(conversion: Mapping[str, Any], *, dedup: DedupStore | None) -> dict[s
     pushed = conversion.get("pushed")
     if not pushed:
         raise StageError("nothing pushed yet: run the push stage first")
+    layers, manifests = _record_one(plan, pushed, dedup)
+    twin = plan.twin_plan()
+    if twin is not None and conversion.get("turbo_pushed"):
+        more = _record_one(twin, conversion["turbo_pushed"], dedup)
+        layers, manifests = layers + more[0], manifests + more[1]
+        fill_costs(twin, dedup)
+        plan.twin = twin.to_json()
+    fill_costs(plan, dedup)
+    return _handover(conversion, plan, recorded={"layers_recorded": layers, "manifests_recorded": manifests})
+
+
+def _record_one(plan: Plan, pushed: Mapping[str, Any], dedup: DedupStore | None) -> tuple[int, int]:
     layers = manifests = 0
     if dedup is not None and pushed.get("uploaded"):
         dst = open_endpoint(plan.target, None, connect=False)
@@ -254,10 +319,14 @@ def record(conversion: Mapping[str, Any], *, dedup: DedupStore | None) -> dict[s
             manifests += publish.record_image(
                 dedup, dst, plan, image, publish.mf.Descriptor(m["media_type"], m["digest"], m["size"])
             )
-    fill_costs(plan, dedup)
-    return _handover(conversion, plan, recorded={"layers_recorded": layers, "manifests_recorded": manifests})
+    return layers, manifests
 
 
 def report(conversion: Mapping[str, Any], seconds: float = 0.0) -> dict[str, Any]:
     """The conversion report (same schema as ``overlaybd convert --output-json``)."""
-    return build_report(_plan_of(conversion), conversion.get("pushed"), seconds).to_json()
+    plan = _plan_of(conversion)
+    doc = build_report(plan, conversion.get("pushed"), seconds)
+    twin = plan.twin_plan()
+    if twin is not None:
+        doc.turbo = build_report(twin, conversion.get("turbo_pushed"), seconds).to_json()
+    return doc.to_json()

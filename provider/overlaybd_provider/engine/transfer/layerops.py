@@ -42,7 +42,8 @@ def fetch_source(ws: Workspace, src: Endpoint, layer: LayerPlan, cache: BlobCach
     if layer.parts is not None:
         return sum(_fetch_blob(ws.part_blob(layer, n), src, part["digest"], int(part["size"]), cache)
                    for n, part in enumerate(layer.parts))
-    return _fetch_blob(ws.source_blob(layer), src, layer.source_digest, layer.source_size, cache)
+    with ws.source_lock(layer):  # one download when two plans (native + TurboOCI) need it
+        return _fetch_blob(ws.source_blob(layer), src, layer.source_digest, layer.source_size, cache)
 
 
 def sources_present(ws: Workspace, layer: LayerPlan) -> bool:
@@ -88,18 +89,25 @@ def fetch_reused(ws: Workspace, dst: Endpoint, layer: LayerPlan, cache: BlobCach
     return layer.size
 
 
-def lower_files(ws: Workspace, image: ImagePlan, upto: int) -> list[Path]:
-    """Blobs of layers ``0..upto-1``, bottom first."""
-    out = []
+def lower_files(ws: Workspace, image: ImagePlan, upto: int) -> list[Path | str]:
+    """Blobs of layers ``0..upto-1``, bottom first; a TurboOCI lower is ``turbo:META,SOURCE``."""
+    out: list[Path | str] = []
     for lower in image.layers[:upto]:
         if ws.blob_info(lower) is None:
             raise EngineError(f"[{image.label}] layer {lower.index} is not available as a lower for layer {upto}")
-        out.append(ws.blob_path(lower))
+        if lower.kind == "turbo":
+            source = ws.source_blob(lower)
+            if not source.is_file():
+                raise EngineError(f"[{image.label}] layer {lower.index}: its source layer is not here (a TurboOCI "
+                                  f"lower of layer {upto})")
+            out.append(f"turbo:{ws.blob_path(lower)},{source}")
+        else:
+            out.append(ws.blob_path(lower))
     return out
 
 
 def build_layer(ws: Workspace, image: ImagePlan, layer: LayerPlan, options: ConvertOptions,
-                cache: BlobCache | None = None) -> LayerStats:
+                cache: BlobCache | None = None, keep_source: bool = False) -> LayerStats:
     """Apply the source tar on the lowers straight into the finished layer blob (one pass), the
     content checked against the layer's diff_id; the blob goes into the blob ``cache``. A
     flattened layer applies every source tar, each checked against its own diff_id, onto one
@@ -117,6 +125,7 @@ def build_layer(ws: Workspace, image: ImagePlan, layer: LayerPlan, options: Conv
         sources = [ws.source_blob(layer)]
         tars = [(sources[0], layer.diff_id, layer.source_digest)]
     out = ws.blob_path(layer)
+    out.parent.mkdir(parents=True, exist_ok=True)
     mkfs = MkfsOptions(**options.fstype.mkfs_kwargs()) if options.fstype.mkfs_options else None
     try:
         result = apply_layers(
@@ -133,7 +142,7 @@ def build_layer(ws: Workspace, image: ImagePlan, layer: LayerPlan, options: Conv
     ws.set_blob_info(layer, result.digest, result.size)
     if cache is not None:
         cache.put(out, result.digest, result.size)
-    if not options.reserve:
+    if not options.reserve and not keep_source:
         for path in sources:
             path.unlink(missing_ok=True)
     return stats

@@ -52,7 +52,10 @@ def layer_result(ws: Workspace, layer: LayerPlan) -> tuple[str, int]:
     return info["digest"], info["size"]
 
 
-def build_image_documents(ws: Workspace, plan: Plan, image: ImagePlan) -> Built:
+def build_image_documents(ws: Workspace, plan: Plan, image: ImagePlan, dst: Endpoint | None = None) -> Built:
+    """``dst``: where a TurboOCI image's reused meta blobs are read for their diff_id."""
+    from overlaybd_provider.engine.turbo import documents as turbo_docs
+
     oci = plan.options["oci"]
     fs_type = _fs_annotation(plan)
     descs = []
@@ -60,8 +63,12 @@ def build_image_documents(ws: Workspace, plan: Plan, image: ImagePlan) -> Built:
     for layer in image.layers:
         digest, size = layer_result(ws, layer)
         layer.digest, layer.size = digest, size
-        digests.append(digest)
-        descs.append(mf.layer_descriptor(digest, size, oci=oci, fs_type=fs_type))
+        if plan.turbo:
+            digests.append(turbo_docs.config_diff_id(ws, dst, layer))
+            descs.append(turbo_docs.layer_descriptor(layer, oci=oci, fs_type=fs_type))
+        else:
+            digests.append(digest)
+            descs.append(mf.layer_descriptor(digest, size, oci=oci, fs_type=fs_type))
     flattened = sum(len(layer.parts) for layer in image.layers if layer.parts is not None)
     config_bytes = mf.build_config(ws.get_object(image.config_digest), digests, flattened=flattened)
     config = mf.Descriptor.of(mf.media_types(oci)["config"], config_bytes)
@@ -70,10 +77,17 @@ def build_image_documents(ws: Workspace, plan: Plan, image: ImagePlan) -> Built:
         mf.Descriptor(image.source_media_type, image.source_digest, image.source_size)
         if plan.options["referrer"] else None
     )
-    manifest_bytes = mf.build_manifest(ws.get_object(image.source_digest), config, descs, oci=oci, subject=subject)
+    manifest_bytes = mf.build_manifest(ws.get_object(image.source_digest), config, descs, oci=oci, subject=subject,
+                                       artifact_type=_artifact_type(plan))
     manifest = mf.Descriptor.of(mf.media_types(oci)["manifest"], manifest_bytes)
     ws.put_object(manifest.digest, manifest_bytes)
     return Built(config, manifest, descs)
+
+
+def _artifact_type(plan: Plan) -> str:
+    from overlaybd_provider.engine.turbo import ARTIFACT_TYPE
+
+    return ARTIFACT_TYPE if plan.turbo else mf.ARTIFACT_TYPE
 
 
 def _fs_annotation(plan: Plan) -> str | None:
@@ -87,7 +101,8 @@ def build_index_document(ws: Workspace, plan: Plan, results: dict[int, mf.Descri
         mf.Descriptor(plan.source_media_type, plan.source_digest, plan.source_size)
         if plan.options["referrer"] else None
     )
-    data = mf.build_index(ws.get_object(plan.source_digest), results, oci=plan.options["oci"], subject=subject)
+    data = mf.build_index(ws.get_object(plan.source_digest), results, oci=plan.options["oci"], subject=subject,
+                          artifact_type=_artifact_type(plan))
     media_type = mf.OCI_INDEX if plan.options["oci"] else plan.source_media_type
     desc = mf.Descriptor.of(media_type, data)
     ws.put_object(desc.digest, data)
@@ -99,6 +114,7 @@ class PushStats:
     pushed: int = 0
     existing: int = 0
     bytes: int = 0
+    sources: int = 0  # TurboOCI source layers mounted or copied into the destination
 
 
 def push_layer(ws: Workspace, dst: Endpoint, layer: LayerPlan, stats: PushStats) -> None:
@@ -122,8 +138,13 @@ def push_layer(ws: Workspace, dst: Endpoint, layer: LayerPlan, stats: PushStats)
 
 
 def push_image(ws: Workspace, dst: Endpoint, plan: Plan, image: ImagePlan, built: Built, stats: PushStats,
-               *, tag: str | None) -> None:
-    """Layers (missing ones), config, then the manifest (tagged only for a single-image source)."""
+               *, tag: str | None, src: Endpoint | None = None) -> None:
+    """Layers (missing ones), config, then the manifest (tagged only for a single-image source).
+    A TurboOCI image's source layers are made present first (mounted or copied from ``src``)."""
+    if plan.turbo:
+        from overlaybd_provider.engine.turbo.documents import ensure_sources
+
+        stats.sources += ensure_sources(ws, src, dst, image)
     for layer in image.layers:
         push_layer(ws, dst, layer, stats)
     if dst.push_blob_bytes(ws.get_object(built.config.digest), built.config.digest, ws.root / "objects"):
@@ -137,7 +158,7 @@ def record_layer(dedup: DedupStore | None, dst: Endpoint, plan: Plan, layer: Lay
     """Record a freshly converted, pushed layer (reused ones already have their row)."""
     if dedup is None or layer.action != "build" or not dst.is_registry:
         return 0
-    dedup.record_layer(dst.host, dst.repo, layer.chain_id, digest, size, plan.layer_format)
+    dedup.record_layer(dst.host, dst.repo, layer.chain_id, digest, size, plan.layer_format_of(layer))
     if layer.seconds > 0:  # built here: what a later reuse of it saves
         dedup.record_layer_cost(layer.chain_id, plan.layer_format, layer.seconds, layer.bytes_in)
     return 1
@@ -152,7 +173,8 @@ def record_image(dedup: DedupStore | None, dst: Endpoint, plan: Plan, image: Ima
     return 1
 
 
-def publish_all(ws: Workspace, plan: Plan, dst: Endpoint, *, upload: bool, per_image=None) -> dict[str, Any]:
+def publish_all(ws: Workspace, plan: Plan, dst: Endpoint, *, upload: bool, per_image=None,
+                src: Endpoint | None = None) -> dict[str, Any]:
     """Documents for every image (+ index), pushed when ``upload``; saved as pushed.json.
 
     ``per_image(image, built, stats)`` replaces the default push of one image's documents."""
@@ -169,13 +191,13 @@ def publish_all(ws: Workspace, plan: Plan, dst: Endpoint, *, upload: bool, per_i
                 ws.put_object(desc.digest, data)
                 dst.push_manifest(data, desc.media_type, tag)
         else:
-            built = build_image_documents(ws, plan, image)
+            built = build_image_documents(ws, plan, image, dst if upload else None)
             desc = built.manifest
             if upload:
                 if per_image is not None:
                     per_image(image, built, stats)
                 else:
-                    push_image(ws, dst, plan, image, built, stats, tag=None if plan.is_index else tag)
+                    push_image(ws, dst, plan, image, built, stats, tag=None if plan.is_index else tag, src=src)
         results[image.child if image.child is not None else n] = desc
         manifests.append({"platform": image.platform, "source_digest": image.source_digest,
                           "digest": desc.digest, "size": desc.size, "media_type": desc.media_type,
@@ -188,6 +210,8 @@ def publish_all(ws: Workspace, plan: Plan, dst: Endpoint, *, upload: bool, per_i
         top = results[next(iter(results))]
     doc = {"target": plan.target, "digest": top.digest, "media_type": top.media_type, "size": top.size,
            "manifests": manifests, "uploaded": upload, "blobs_pushed": stats.pushed,
-           "blobs_existing": stats.existing, "bytes_pushed": stats.bytes}
+           "blobs_existing": stats.existing, "bytes_pushed": stats.bytes, "output": plan.output}
+    if plan.turbo:
+        doc["source_layers_copied"] = stats.sources
     ws.write_json(ws.root / "pushed.json", doc)
     return doc

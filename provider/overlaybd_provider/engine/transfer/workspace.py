@@ -55,7 +55,12 @@ class Workspace:
         return self.root / "layers" / layer.key
 
     def source_blob(self, layer: LayerPlan) -> Path:
-        return self.layer_dir(layer) / "source.blob"
+        """By source digest: the native and the TurboOCI plan of one run share the download."""
+        return self.root / "sources" / layer.source_digest.split(":", 1)[1]
+
+    def source_lock(self, layer: LayerPlan) -> threading.RLock:
+        with self._locks_guard:
+            return self._locks.setdefault("source:" + layer.source_digest, threading.RLock())
 
     def part_blob(self, layer: LayerPlan, n: int) -> Path:
         """Source layer ``n`` of a flattened layer (``layer.parts``)."""
