@@ -23,7 +23,7 @@ from support.flatimage import compress_flags, history, write_ten_layers
 from support.imagegen import write_image
 from support.obdimages import tar_layout
 from support.registry import push_layout
-from test_airflow_dag_runs import connect, dags, env_vars, manifest, xcom  # noqa: F401 - fixtures shared
+from test_airflow_dag_runs import connect, dags, env_vars, manifest, remove_conversion_rows, xcom  # noqa: F401 - fixtures shared
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -34,14 +34,8 @@ SOURCES = ("src/flat-ten", "src/verify-good", "src/verify-other", "src/convert-f
 
 @pytest.fixture(autouse=True)
 def _own_rows_removed(mariadb):
-    import pymysql
-
     yield
-    for repo in SOURCES:
-        try:
-            mariadb.query("DELETE FROM overlaybd_conversions WHERE source LIKE %s", (f"%/{repo}:%",))
-        except pymysql.err.ProgrammingError:  # no table yet: the test failed before any row
-            return
+    remove_conversion_rows(mariadb, SOURCES)
 
 
 def _ti(run, task_id: str):

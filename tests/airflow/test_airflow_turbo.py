@@ -11,13 +11,22 @@ from pathlib import Path
 
 import pytest
 from support.registry import push_layout
-from test_airflow_dag_runs import connect, dags, env_vars, manifest, setenv, xcom  # noqa: F401
+from test_airflow_dag_runs import connect, dags, env_vars, manifest, remove_conversion_rows, setenv, xcom  # noqa: F401
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from turbo.imagesrc import OCI_GZIP, OCI_TAR, feature_tars, write_layout
 
 pytestmark = pytest.mark.timeout(600)
 TURBO_VERSION = "0.1.0-turbo.ociv1"
+#: this module's source repositories: their conversions rows are removed after each test, so tests
+#: of other modules that count the whole table see the session database as they left it
+SOURCES = ("src/turbo-app", "src/turbo-night")
+
+
+@pytest.fixture(autouse=True)
+def _own_rows_removed(mariadb):
+    yield
+    remove_conversion_rows(mariadb, SOURCES)
 
 
 def push_source(tmp_path: Path, registry, repo: str) -> str:
