@@ -13,7 +13,6 @@ data) is spooled once and replayed to both. The bytes written equal those of
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import os
@@ -26,7 +25,6 @@ from typing import Any, BinaryIO
 from overlaybd_provider.ext4.apply import StackApplyStats
 from overlaybd_provider.ext4.blockdev import LowerStack, OverlayBlockDevice
 from overlaybd_provider.ext4.changeset import ApplyStats, ChangesetApplier
-from overlaybd_provider.ext4.errors import DiffIdMismatchError
 from overlaybd_provider.ext4.fs import Filesystem
 from overlaybd_provider.ext4.layout import BLOCK_SIZE
 from overlaybd_provider.ext4.mkfs import MkfsOptions, mkfs
@@ -34,21 +32,17 @@ from overlaybd_provider.ext4.namespace import Namespace
 from overlaybd_provider.ext4.tarstream import ForwardReader, LayerTarError, open_tar_stream
 from overlaybd_provider.ext4.turbo import (
     TurboLayerResult,
-    TurboSourceError,
     _HashingReader,
-    _seal_warp,
     _vsize,
+    check_source,
+    pack_meta_blob,
 )
 from overlaybd_provider.formats.gzcheckpoint import NotTurboCapable
 from overlaybd_provider.formats.gzworker import open_checkpointing
 from overlaybd_provider.formats.turbo import (
-    FS_META_SUFFIX,
-    GZIP_META,
-    IDENTIFIER,
     target_media_type,
     turbo_annotations,
     turbo_capability,
-    write_turbo_blob,
 )
 
 __all__ = ["DualResult", "apply_both_to_stack"]
@@ -159,35 +153,14 @@ def apply_both_to_stack(native_lower: LowerStack | None, turbo_lower: LowerStack
         nstats, tstats = _apply_both(nfs, tfs, open_tar_stream(counter), name)
         while counter.read(1 << 20):  # tar padding, gzip trailer: hashed and checked
             pass
-        digest = stream.digest
-        if expected_digest is not None and digest != expected_digest:
-            raise TurboSourceError(f"{name}: content digest {digest} does not match the expected {expected_digest}")
-        if expected_size is not None and stream.compressed_size != expected_size:
-            raise TurboSourceError(f"{name}: {stream.compressed_size} bytes, expected {expected_size}")
-        if diff_id is not None:
-            got = stream.content_digest if gz is not None else digest
-            if got != diff_id:
-                raise DiffIdMismatchError(f"{name}: content {got} does not match the config's diff_id {diff_id}")
+        digest = check_source(stream, gzip=gz is not None, name=name, expected_digest=expected_digest,
+                              expected_size=expected_size, diff_id=diff_id)
         info, blocks = seal_blob(ndev, native_out, virtual_size=nvsize, uuid=uuid, parent_uuid=parent_uuid,
                                  algorithm=algorithm)
         native = StackApplyStats(blocks, nstats, counter.count, kind, nvsize, info.digest, info.size)
-        with contextlib.ExitStack() as spools:
-            fsmeta = spools.enter_context(tempfile.TemporaryFile(dir=spool_dir, prefix="fsmeta-"))
-            meta_blocks, target_blocks = _seal_warp(tdev, fsmeta, vsize=tvsize, uuid=None, parent_uuid=None,
-                                                    algorithm="lz4", block_size_kb=4)
-            fsmeta.flush()
-            fs_meta_size = fsmeta.tell()
-            fsmeta.seek(0)
-            members: list[tuple[str, BinaryIO | bytes]] = [(f"ext4{FS_META_SUFFIX}", fsmeta), (IDENTIFIER, b"")]
-            gz_size = spans = 0
-            if gz is not None:
-                gzf = spools.enter_context(tempfile.TemporaryFile(dir=spool_dir, prefix="gzmeta-"))
-                gzinfo = gz.finish_index(gzf)
-                gzf.flush()
-                gzf.seek(0)
-                gz_size, spans = gzinfo.index_file_size, gzinfo.entries
-                members.append((GZIP_META, gzf))
-            blob = write_turbo_blob(turbo_out, members)
+        blob, fs_meta_size, gz_size, spans, meta_blocks, target_blocks = pack_meta_blob(
+            tdev, turbo_out, gz, fstype="ext4", vsize=tvsize, uuid=None, parent_uuid=None, algorithm="lz4",
+            block_size_kb=4, spool_dir=spool_dir)
         tmt = target_media_type(source_media_type or "", kind == "gzip")
         turbo = TurboLayerResult(
             digest=blob.digest, size=blob.size, diff_id=blob.diff_id,

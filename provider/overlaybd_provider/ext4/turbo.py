@@ -185,33 +185,11 @@ def apply_turbo_to_stack(lower: LowerStack | None, source: BinaryIO, out: Binary
         stats = apply_tar(fs, open_tar_stream(counter))
         while counter.read(1 << 20):  # the rest (tar padding, gzip trailer): hashed and checked
             pass
-        digest = stream.digest
-        if expected_digest is not None and digest != expected_digest:
-            raise TurboSourceError(f"{name}: content digest {digest} does not match the expected {expected_digest}")
-        if expected_size is not None and stream.compressed_size != expected_size:
-            raise TurboSourceError(f"{name}: {stream.compressed_size} bytes, expected {expected_size}")
-        if diff_id is not None:
-            got = stream.content_digest if gz is not None else digest
-            if got != diff_id:
-                raise DiffIdMismatchError(f"{name}: content {got} does not match the config's diff_id {diff_id}")
-        with contextlib.ExitStack() as spools:
-            fsmeta = spools.enter_context(tempfile.TemporaryFile(dir=spool_dir, prefix="fsmeta-"))
-            meta_blocks, target_blocks = _seal_warp(dev, fsmeta, vsize=vsize, uuid=uuid, parent_uuid=parent_uuid,
-                                                    algorithm=algorithm, block_size_kb=block_size_kb)
-            fsmeta.flush()
-            fs_meta_size = fsmeta.tell()
-            fsmeta.seek(0)
-            members: list[tuple[str, BinaryIO | bytes]] = [(f"{fstype}{FS_META_SUFFIX}", fsmeta),
-                                                           (IDENTIFIER, b"")]
-            gz_size = spans = 0
-            if gz is not None:
-                gzf = spools.enter_context(tempfile.TemporaryFile(dir=spool_dir, prefix="gzmeta-"))
-                gzinfo = gz.finish_index(gzf)
-                gzf.flush()
-                gzf.seek(0)
-                gz_size, spans = gzinfo.index_file_size, gzinfo.entries
-                members.append((GZIP_META, gzf))
-            blob: TurboBlobInfo = write_turbo_blob(out, members)
+        digest = check_source(stream, gzip=gz is not None, name=name, expected_digest=expected_digest,
+                              expected_size=expected_size, diff_id=diff_id)
+        blob, fs_meta_size, gz_size, spans, meta_blocks, target_blocks = pack_meta_blob(
+            dev, out, gz, fstype=fstype, vsize=vsize, uuid=uuid, parent_uuid=parent_uuid, algorithm=algorithm,
+            block_size_kb=block_size_kb, spool_dir=spool_dir)
         tmt = target_media_type(source_media_type or "", kind == "gzip")
         log.debug("turbo layer: %d entries, %d meta + %d target blocks, fs meta %d bytes, gzip index %d bytes "
                   "(%d spans)", stats.entries, meta_blocks, target_blocks, fs_meta_size, gz_size, spans)
@@ -227,6 +205,48 @@ def apply_turbo_to_stack(lower: LowerStack | None, source: BinaryIO, out: Binary
         if gz is not None:
             gz.close()
 
+
+
+def check_source(stream: Any, *, gzip: bool, name: str, expected_digest: str | None, expected_size: int | None,
+                 diff_id: str | None) -> str:
+    """The source blob's digest, once ``stream`` was read to its end: checked against what the
+    manifest claims (digest, size) and its tar content against the config's ``diff_id``."""
+    digest = stream.digest
+    if expected_digest is not None and digest != expected_digest:
+        raise TurboSourceError(f"{name}: content digest {digest} does not match the expected {expected_digest}")
+    if expected_size is not None and stream.compressed_size != expected_size:
+        raise TurboSourceError(f"{name}: {stream.compressed_size} bytes, expected {expected_size}")
+    if diff_id is not None:
+        got = stream.content_digest if gzip else digest
+        if got != diff_id:
+            raise DiffIdMismatchError(f"{name}: content {got} does not match the config's diff_id {diff_id}")
+    return digest
+
+
+def pack_meta_blob(dev: OverlayBlockDevice, out: BinaryIO, gz: Any, *, fstype: str, vsize: int,
+                   uuid: str | None, parent_uuid: str | None, algorithm: str, block_size_kb: int,
+                   spool_dir: str | None) -> tuple[TurboBlobInfo, int, int, int, int, int]:
+    """Seal the warp file of ``dev`` and pack it (with the gzip index of ``gz`` when the source is
+    gzip) into the ``turboOCIv1.tar.gz`` meta blob written to ``out``; returns the blob and the
+    fs-meta size, gzip-index size, its span count, meta blocks and target blocks."""
+    with contextlib.ExitStack() as spools:
+        fsmeta = spools.enter_context(tempfile.TemporaryFile(dir=spool_dir, prefix="fsmeta-"))
+        meta_blocks, target_blocks = _seal_warp(dev, fsmeta, vsize=vsize, uuid=uuid, parent_uuid=parent_uuid,
+                                                algorithm=algorithm, block_size_kb=block_size_kb)
+        fsmeta.flush()
+        fs_meta_size = fsmeta.tell()
+        fsmeta.seek(0)
+        members: list[tuple[str, BinaryIO | bytes]] = [(f"{fstype}{FS_META_SUFFIX}", fsmeta), (IDENTIFIER, b"")]
+        gz_size = spans = 0
+        if gz is not None:
+            gzf = spools.enter_context(tempfile.TemporaryFile(dir=spool_dir, prefix="gzmeta-"))
+            gzinfo = gz.finish_index(gzf)
+            gzf.flush()
+            gzf.seek(0)
+            gz_size, spans = gzinfo.index_file_size, gzinfo.entries
+            members.append((GZIP_META, gzf))
+        blob = write_turbo_blob(out, members)
+    return blob, fs_meta_size, gz_size, spans, meta_blocks, target_blocks
 
 def apply_turbo_layer(lowers: Sequence[str | os.PathLike[str]], source_path: str | os.PathLike[str],
                       out_path: str | os.PathLike[str], *, source_media_type: str | None = None,
