@@ -398,6 +398,24 @@ class ChangesetApplier:
         self.fs.flush()
 
 
+def tar_failure(tf: tarfile.TarFile, current: tarfile.TarInfo | None, last: str,
+                exc: BaseException) -> LayerTarError:
+    """The one line for a tar that broke while ``current``'s data was read (a truncated member:
+    how much of it arrived), or after entry ``last``."""
+    if current is not None and current.size and hasattr(tf, "tell"):
+        got = max(0, min(current.size, tf.tell() - current.offset_data))
+        return LayerTarError(f"truncated tar: entry {current.name!r} declares {current.size} bytes of data, "
+                             f"the archive ends after {got}")
+    return LayerTarError(f"corrupt or truncated tar after entry {last!r}: {exc}")
+
+
+def check_tar_end(tf: tarfile.TarFile, last: str) -> None:
+    """Raise when the tar reader stopped early on something it could not read as an end."""
+    end = getattr(tf, "_obd_end", None)
+    if end is not None:
+        raise LayerTarError(f"corrupt or truncated tar after entry {last!r}: {end}")
+
+
 def apply_tar(fs: Filesystem, tf: tarfile.TarFile, *, name: str = "layer") -> ApplyStats:
     """Apply every member of an open stream-mode tarfile, then flush; ``name`` (the layer's
     file) is for the one warning about clamped times."""
@@ -414,14 +432,8 @@ def apply_tar(fs: Filesystem, tf: tarfile.TarFile, *, name: str = "layer") -> Ap
             applier.apply_entry(tf, ti)
             last, current = ti.name, None
     except (tarfile.TarError, EOFError) as exc:
-        if current is not None and current.size and hasattr(tf, "tell"):
-            got = max(0, min(current.size, tf.tell() - current.offset_data))
-            raise LayerTarError(f"truncated tar: entry {current.name!r} declares {current.size} bytes of data, "
-                                f"the archive ends after {got}") from None
-        raise LayerTarError(f"corrupt or truncated tar after entry {last!r}: {exc}") from None
-    end = getattr(tf, "_obd_end", None)
-    if end is not None:
-        raise LayerTarError(f"corrupt or truncated tar after entry {last!r}: {end}")
+        raise tar_failure(tf, current, last, exc) from None
+    check_tar_end(tf, last)
     applier.finish()
     if applier.first_clamped is not None:
         entry, sec = applier.first_clamped

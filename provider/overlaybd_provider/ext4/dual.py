@@ -24,12 +24,12 @@ from typing import Any, BinaryIO
 
 from overlaybd_provider.ext4.apply import StackApplyStats
 from overlaybd_provider.ext4.blockdev import LowerStack, OverlayBlockDevice
-from overlaybd_provider.ext4.changeset import ApplyStats, ChangesetApplier
+from overlaybd_provider.ext4.changeset import ApplyStats, ChangesetApplier, check_tar_end, tar_failure
 from overlaybd_provider.ext4.fs import Filesystem
 from overlaybd_provider.ext4.layout import BLOCK_SIZE
 from overlaybd_provider.ext4.mkfs import MkfsOptions, mkfs
 from overlaybd_provider.ext4.namespace import Namespace
-from overlaybd_provider.ext4.tarstream import ForwardReader, LayerTarError, open_tar_stream
+from overlaybd_provider.ext4.tarstream import ForwardReader, open_tar_stream
 from overlaybd_provider.ext4.turbo import (
     TurboLayerResult,
     _HashingReader,
@@ -92,14 +92,8 @@ def _apply_both(native: Filesystem, turbo: Filesystem, tf: Any, name: str) -> tu
                 an.apply_entry(tf, ti)
             last, current = ti.name, None
     except (tarfile.TarError, EOFError) as exc:
-        if current is not None and current.size and hasattr(tf, "tell"):
-            got = max(0, min(current.size, tf.tell() - current.offset_data))
-            raise LayerTarError(f"truncated tar: entry {current.name!r} declares {current.size} bytes of data, "
-                                f"the archive ends after {got}") from None
-        raise LayerTarError(f"corrupt or truncated tar after entry {last!r}: {exc}") from None
-    end = getattr(tf, "_obd_end", None)
-    if end is not None:
-        raise LayerTarError(f"corrupt or truncated tar after entry {last!r}: {end}")
+        raise tar_failure(tf, current, last, exc) from None
+    check_tar_end(tf, last)
     at.finish()
     an.finish()
     if an.first_clamped is not None:
