@@ -34,6 +34,7 @@ from overlaybd_provider.engine.transfer.blobcache import BlobCache
 from overlaybd_provider.engine.transfer.endpoint import Endpoint
 from overlaybd_provider.engine.transfer.workspace import Workspace
 from overlaybd_provider.engine.turbo.build import build_turbo_layer
+from overlaybd_provider.engine.turbo.prefetch import InflatePrefetch
 
 __all__ = ["DOWNLOADS_PER_IMAGE", "Pipeline", "run_images", "run_pairs"]
 
@@ -103,6 +104,16 @@ class Pipeline:
 
         return {layer.index: pool.submit(run, layer, fetch, i == 0) for i, (layer, fetch) in enumerate(jobs)}
 
+    def _prefetch(self, image: ImagePlan, *downloads: dict[int, Future[int]]) -> InflatePrefetch:
+        """The inflates of ``image``'s TurboOCI layers to build, each started once its source
+        (any of ``downloads``: the native and the TurboOCI image of one run share it) is here."""
+        todo = [layer for layer in image.layers if self._to_build(layer) and self.ws.blob_info(layer) is None]
+        sources: dict[int, Future[int]] = {}
+        for d in downloads:
+            for index, future in d.items():
+                sources.setdefault(index, future)
+        return InflatePrefetch(self.ws, [layer for layer in todo if layer.index in sources], sources)
+
     def _to_build(self, layer: LayerPlan) -> bool:
         return layer.action == "build" and layer.chain_id not in self.finished
 
@@ -132,14 +143,17 @@ class Pipeline:
         with (ThreadPoolExecutor(DOWNLOADS_PER_IMAGE, thread_name_prefix="obd-fetch") as fetcher,
               ThreadPoolExecutor(1, thread_name_prefix="obd-push") as uploader):
             downloads = self.start_downloads(fetcher, image)
+            prefetch = self._prefetch(image, downloads) if self.plan.turbo else None
             pending: Future[None] | None = None
             try:
                 for layer in image.layers:
                     if pending is not None and pending.done():
                         pending.result()  # a failed push stops the conversion before more work
                     if not self._ready(image, layer):
+                        if prefetch is not None:
+                            prefetch.drop(layer)
                         continue  # reused, or finished by an earlier try
-                    info = self._build(image, layer, downloads)
+                    info = self._build(image, layer, downloads, prefetch)
                     if not self.upload:
                         self._done(image, layer)
                         continue
@@ -156,6 +170,9 @@ class Pipeline:
                 for future in downloads.values():
                     future.cancel()
                 raise
+            finally:
+                if prefetch is not None:
+                    prefetch.close()
 
     def _ready(self, image: ImagePlan, layer: LayerPlan) -> bool:
         """True: build ``layer`` here now. False: it is final already (reused, built by an earlier
@@ -184,6 +201,7 @@ class Pipeline:
               ThreadPoolExecutor(1, thread_name_prefix="obd-push") as uploader):
             downloads = self.start_downloads(fetcher, image) if image else {}
             tdownloads = twin.start_downloads(fetcher, twin_image) if twin_image else {}
+            prefetch = twin._prefetch(twin_image, tdownloads, downloads) if twin_image else None
             pending: list[Future[None]] = []
             try:
                 for i in range(count):
@@ -194,12 +212,16 @@ class Pipeline:
                     t = twin_image.layers[i] if twin_image else None
                     n_go = n is not None and self._ready(image, n)  # type: ignore[arg-type]
                     t_go = t is not None and twin._ready(twin_image, t)  # type: ignore[arg-type]
+                    if t is not None and not t_go and prefetch is not None:
+                        prefetch.drop(t)
                     infos: tuple[dict | None, dict | None] | None = None
                     if n_go and t_go and t.kind == "turbo":  # type: ignore[union-attr]
-                        infos = self._build_both(image, n, twin_image, t, downloads, tdownloads)  # type: ignore[arg-type]
+                        infos = self._build_both(image, n, twin_image, t, downloads, tdownloads,  # type: ignore[arg-type]
+                                                 prefetch)
                     if infos is None:
                         infos = (self._build(image, n, downloads) if n_go else None,  # type: ignore[arg-type]
-                                 twin._build(twin_image, t, tdownloads) if t_go else None)  # type: ignore[arg-type]
+                                 twin._build(twin_image, t, tdownloads, prefetch)  # type: ignore[arg-type]
+                                 if t_go else None)
                     for future in pending:
                         future.result()  # bounded: one layer's pushes in flight
                     pending = []
@@ -219,10 +241,13 @@ class Pipeline:
                 for future in [*pending, *downloads.values(), *tdownloads.values()]:
                     future.cancel()
                 raise
+            finally:
+                if prefetch is not None:
+                    prefetch.close()
 
     def _build_both(self, image: ImagePlan, n: LayerPlan, twin_image: ImagePlan, t: LayerPlan,
-                    downloads: dict[int, Future[int]], tdownloads: dict[int, Future[int]]
-                    ) -> tuple[dict, dict] | None:
+                    downloads: dict[int, Future[int]], tdownloads: dict[int, Future[int]],
+                    prefetch: InflatePrefetch | None = None) -> tuple[dict, dict] | None:
         """Both layers from one pass; None when that cannot be (a finished blob of either side
         is here, or the source turns out not TurboOCI-capable): build them one by one then."""
         from overlaybd_provider.engine.turbo.build import build_both_layers
@@ -240,7 +265,12 @@ class Pipeline:
         with ws.layer_lock(n), ws.layer_lock(t), ws.source_lock(n):
             if not ws.source_blob(n).exists():
                 layerops.fetch_source(ws, self.src, n, self.cache)
-            done = build_both_layers(ws, image, n, twin_image, t, self.options, self.cache)
+            job = prefetch.take(t) if prefetch is not None else None
+            try:
+                done = build_both_layers(ws, image, n, twin_image, t, self.options, self.cache, inflate=job)
+            finally:
+                if prefetch is not None:
+                    prefetch.release(t, job)
             if done is None:
                 return None
             infos = []
@@ -276,7 +306,8 @@ class Pipeline:
         self._done(image, layer)
         return False
 
-    def _build(self, image: ImagePlan, layer: LayerPlan, downloads: dict[int, Future[int]]) -> dict:
+    def _build(self, image: ImagePlan, layer: LayerPlan, downloads: dict[int, Future[int]],
+               prefetch: InflatePrefetch | None = None) -> dict:
         ws = self.ws
         with ws.layer_lock(layer):
             info = ws.blob_info(layer)
@@ -293,7 +324,12 @@ class Pipeline:
             if not layerops.sources_present(ws, layer):  # a retry whose earlier try deleted it
                 layerops.fetch_source(ws, self.src, layer, self.cache)
             if self.plan.turbo:
-                result = build_turbo_layer(ws, image, layer, self.options, cache=self.cache)
+                job = prefetch.take(layer) if prefetch is not None else None
+                try:
+                    result = build_turbo_layer(ws, image, layer, self.options, cache=self.cache, inflate=job)
+                finally:
+                    if prefetch is not None:
+                        prefetch.release(layer, job)
             else:  # a TurboOCI twin may still need the source
                 result = layerops.build_layer(ws, image, layer, self.options, cache=self.cache,
                                               keep_source=self.twin is not None)

@@ -38,7 +38,7 @@ from overlaybd_provider.ext4.turbo import (
     pack_meta_blob,
 )
 from overlaybd_provider.formats.gzcheckpoint import NotTurboCapable
-from overlaybd_provider.formats.gzworker import open_checkpointing
+from overlaybd_provider.formats.gzworker import InflateJob, open_checkpointing
 from overlaybd_provider.formats.turbo import (
     target_media_type,
     turbo_annotations,
@@ -116,7 +116,7 @@ def apply_both_to_stack(native_lower: LowerStack | None, turbo_lower: LowerStack
                         diff_id: str | None = None, vsize_gb: int = 64, algorithm: str = "lz4",
                         block_size_kb: int = 4, uuid: str | None = None, parent_uuid: str | None = None,
                         mkfs_options: MkfsOptions | str | None = None, spool_dir: str | None = None,
-                        name: str = "source layer") -> DualResult:
+                        name: str = "source layer", inflate: InflateJob | None = None) -> DualResult:
     """Both layers of ``source`` (a seekable gzip/tar layer blob, read once from its current
     position): the native blob over ``native_lower`` to ``native_out`` (seekable, readable) and
     the TurboOCIv1 meta blob over ``turbo_lower`` to ``turbo_out``. Raises ``NotTurboCapable``
@@ -135,8 +135,8 @@ def apply_both_to_stack(native_lower: LowerStack | None, turbo_lower: LowerStack
     if block_size_kb * 1024 != BLOCK_SIZE:
         raise NotTurboCapable(f"{name}: one-pass native+TurboOCI needs 4 KiB ZFile blocks (--bs 4)")
     compressor = BatchCompressor(ALGORITHMS[algorithm], BLOCK_SIZE, zstd_threads=min(2, os.cpu_count() or 1))
-    gz = (open_checkpointing(source, name=name, hash_output=diff_id is not None, spool_dir=spool_dir)
-          if kind == "gzip" else None)
+    gz = (open_checkpointing(source, name=name, hash_output=diff_id is not None, spool_dir=spool_dir,
+                             job=inflate) if kind == "gzip" else None)
     stream: Any = gz if gz is not None else _HashingReader(source)
     ndev = OverlayBlockDevice(native_lower, block_count=nvsize // BLOCK_SIZE, spool_dir=spool_dir,
                               compressor=compressor, expect_bytes=expected_size)

@@ -38,6 +38,9 @@ class ForwardReader:
     def __init__(self, inner: BinaryIO) -> None:
         self._inner = inner
         self.count = 0
+        #: ``skip_to(pos)`` of a source that can pass over bytes without reading them (the spool
+        #: of :mod:`formats.gzworker`): file data a TurboOCI build maps by offset is never copied
+        self._skip_to = getattr(inner, "skip_to", None)
 
     def tell(self) -> int:
         return self.count
@@ -50,6 +53,9 @@ class ForwardReader:
             raise io.UnsupportedOperation("ForwardReader seeks only to absolute positions")
         if pos < self.count:
             raise LayerTarError(f"tar reader tried to seek back from {self.count} to {pos}")
+        if self._skip_to is not None:
+            self.count = self._skip_to(pos)
+            return self.count
         while self.count < pos:
             chunk = self._inner.read(min(pos - self.count, _CHUNK))
             if not chunk:
@@ -344,15 +350,14 @@ class TarReader:
         cur = self._base + self._pos
         if pos < cur:
             raise LayerTarError(f"tar reader tried to seek back from {cur} to {pos}")
-        while True:
-            if pos - cur <= len(self._buf) - self._pos:
-                self._pos += pos - cur
-                return pos
-            self._base += len(self._buf)
-            self._buf, self._pos = b"", 0
-            if not self._more():
-                return self._base
-            cur = self._base
+        if pos - cur <= len(self._buf) - self._pos:
+            self._pos += pos - cur
+            return pos
+        self._buf, self._pos = b"", 0
+        self._base = self._src.seek(pos)  # past the buffer: the stream skips (or reads and drops)
+        if self._base < pos:
+            self._eof = True
+        return self._base
 
     # -- members -------------------------------------------------------------------------------
     def __iter__(self):

@@ -33,7 +33,7 @@ from overlaybd_provider.ext4.layout import BLOCK_SIZE, SUPERBLOCK_OFFSET, SUPERB
 from overlaybd_provider.ext4.mkfs import MkfsOptions, mkfs
 from overlaybd_provider.ext4.tarstream import ForwardReader, open_tar_stream
 from overlaybd_provider.formats.gzcheckpoint import NotTurboCapable
-from overlaybd_provider.formats.gzworker import open_checkpointing
+from overlaybd_provider.formats.gzworker import InflateJob, open_checkpointing
 from overlaybd_provider.formats.lsmt_writer import LSMTWriter
 from overlaybd_provider.formats.turbo import (
     FS_META_SUFFIX,
@@ -155,13 +155,14 @@ def apply_turbo_to_stack(lower: LowerStack | None, source: BinaryIO, out: Binary
                          uuid: str | None = None, parent_uuid: str | None = None,
                          mkfs_options: MkfsOptions | str | None = None, algorithm: str = "lz4",
                          block_size_kb: int = 4, spool_dir: str | None = None, diff_id: str | None = None,
-                         name: str = "source layer") -> TurboLayerResult:
+                         name: str = "source layer", inflate: InflateJob | None = None) -> TurboLayerResult:
     """Build the TurboOCIv1 meta blob of ``source`` (a seekable layer blob, read once from its
     current position to the end) over ``lower`` (None: mkfs first) and write it to ``out``.
 
     ``expected_digest``/``expected_size``: what the manifest says of the blob; ``diff_id``: what
     the image config says of the uncompressed tar. All are checked after the whole source was
-    read and before anything is written to ``out``."""
+    read and before anything is written to ``out``. ``inflate``: this gzip source's inflate, started
+    ahead by :func:`formats.gzworker.start_inflate` (closed here, like one started here)."""
     started = time.monotonic()
     if fstype != "ext4":
         raise TurboUnsupported(f"TurboOCI with --fstype {fstype} is not supported yet (ext4 only)")
@@ -171,8 +172,8 @@ def apply_turbo_to_stack(lower: LowerStack | None, source: BinaryIO, out: Binary
         raise NotTurboCapable(f"{name}: {kind}")
     source.seek(-len(head), os.SEEK_CUR)
     vsize = _vsize(lower, vsize_gb)
-    gz = (open_checkpointing(source, name=name, hash_output=diff_id is not None, spool_dir=spool_dir)
-          if kind == "gzip" else None)
+    gz = (open_checkpointing(source, name=name, hash_output=diff_id is not None, spool_dir=spool_dir,
+                             job=inflate) if kind == "gzip" else None)
     stream: Any = gz if gz is not None else _HashingReader(source)
     dev = OverlayBlockDevice(lower, block_count=vsize // BLOCK_SIZE, spool_dir=spool_dir, turbo=True)
     try:

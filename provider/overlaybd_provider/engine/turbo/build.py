@@ -12,6 +12,7 @@ from overlaybd_provider.engine.plan.model import ImagePlan, LayerPlan
 from overlaybd_provider.engine.transfer.blobcache import BlobCache
 from overlaybd_provider.engine.transfer.workspace import Workspace
 from overlaybd_provider.errors import OverlaybdError
+from overlaybd_provider.formats.gzworker import InflateJob
 
 __all__ = ["build_both_layers", "build_turbo_layer", "set_info"]
 
@@ -34,8 +35,9 @@ def _relabel(exc: OverlaybdError, image: ImagePlan, layer: LayerPlan, source) ->
 
 
 def build_turbo_layer(ws: Workspace, image: ImagePlan, layer: LayerPlan, options: ConvertOptions,
-                      cache: BlobCache | None = None):
-    """The layer's blob in the workspace; its source is kept (TurboOCI lowers above read it)."""
+                      cache: BlobCache | None = None, inflate: InflateJob | None = None):
+    """The layer's blob in the workspace; its source is kept (TurboOCI lowers above read it).
+    ``inflate``: the source's inflate, started ahead (``engine.turbo.prefetch``); the caller closes it."""
     from overlaybd_provider.engine.transfer.layerops import LayerStats, build_layer, lower_files
     from overlaybd_provider.ext4.mkfs import MkfsOptions
     from overlaybd_provider.ext4.turbo import apply_turbo_layer
@@ -50,7 +52,7 @@ def build_turbo_layer(ws: Workspace, image: ImagePlan, layer: LayerPlan, options
         res = apply_turbo_layer(
             [str(p) for p in lower_files(ws, image, layer.index)], source, out,
             source_media_type=layer.source_media_type, expected_digest=layer.source_digest,
-            expected_size=layer.source_size, diff_id=layer.diff_id, vsize_gb=options.vsize_gb,
+            expected_size=layer.source_size, diff_id=layer.diff_id, vsize_gb=options.vsize_gb, inflate=inflate,
             mkfs_options=MkfsOptions(**options.fstype.mkfs_kwargs()) if options.fstype.mkfs_options else None)
     except NotTurboCapable as exc:
         log.info("[%s] layer %d cannot be TurboOCI (%s): a native overlaybd layer instead", image.label,
@@ -68,9 +70,10 @@ def build_turbo_layer(ws: Workspace, image: ImagePlan, layer: LayerPlan, options
 
 
 def build_both_layers(ws: Workspace, image: ImagePlan, n: LayerPlan, twin_image: ImagePlan, t: LayerPlan,
-                      options: ConvertOptions, cache: BlobCache | None = None):
+                      options: ConvertOptions, cache: BlobCache | None = None, inflate: InflateJob | None = None):
     """Output ``both``: native layer ``n`` and TurboOCI layer ``t`` of one source from one pass
-    (``ext4.dual``); None when the source is not TurboOCI-capable after all (build one by one)."""
+    (``ext4.dual``); None when the source is not TurboOCI-capable after all (build one by one).
+    ``inflate``: the source's inflate, started ahead; the caller closes it."""
     import contextlib
     import os
     import tempfile
@@ -107,7 +110,8 @@ def build_both_layers(ws: Workspace, image: ImagePlan, n: LayerPlan, twin_image:
                 nstack, tstack, src, nf, tf, source_media_type=n.source_media_type,
                 expected_digest=n.source_digest, expected_size=n.source_size, diff_id=n.diff_id,
                 vsize_gb=options.vsize_gb, algorithm=options.algorithm, block_size_kb=options.block_size_kb,
-                uuid=n.uuid, parent_uuid=n.parent_uuid or None, mkfs_options=mkfs, spool_dir=str(ws.root))
+                uuid=n.uuid, parent_uuid=n.parent_uuid or None, mkfs_options=mkfs, spool_dir=str(ws.root),
+                name=str(source), inflate=inflate)
             nf.flush()
             tf.flush()
             os.replace(temps[0], nout)

@@ -1,0 +1,113 @@
+"""Inflate the gzip sources of an image's TurboOCI layers ahead of their builds.
+
+A TurboOCI layer build is mostly the inflate of its source (gzip: one core, strictly sequential
+within a layer), yet the inflate of layer *i+1* does not depend on layer *i*: only the ext4 meta
+does. So as soon as a source is downloaded, its inflate starts in a child process
+(:func:`formats.gzworker.start_inflate`, which spools the tar) while the layers below are still
+being built; the build then reads the spool instead of starting a child of its own. Same bytes
+either way (the build checks the digest, size and diff_id exactly as before).
+
+At most ``limit`` inflates are alive at once (started and not yet finished with by their build),
+started in layer order: that bounds the spool disk to about ``limit`` uncompressed layers and keeps
+the children from crowding out the build that is running.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future
+
+from overlaybd_provider.engine.plan.model import LayerPlan
+from overlaybd_provider.engine.transfer.workspace import Workspace
+from overlaybd_provider.formats.gzworker import InflateJob, start_inflate
+
+__all__ = ["InflatePrefetch", "prefetch_limit"]
+
+log = logging.getLogger(__name__)
+
+
+def prefetch_limit() -> int:
+    """Inflates alive at once: the cores, at most 3 (more only adds spool disk)."""
+    return max(1, min(3, os.cpu_count() or 1))
+
+
+def _gzip_source(layer: LayerPlan) -> bool:
+    return "gzip" in (layer.source_media_type or "")
+
+
+class InflatePrefetch:
+    """The inflate children of one image's gzip TurboOCI layers; thread-safe (downloads finish on
+    fetch threads, builds run on the image's thread). ``take`` hands a layer's job to its build,
+    ``release`` tells that the build is done with it, ``close`` stops everything not taken."""
+
+    def __init__(self, ws: Workspace, layers: Sequence[LayerPlan], downloads: Mapping[int, Future[int]],
+                 *, limit: int | None = None) -> None:
+        self._ws = ws
+        self._queue = [layer for layer in layers if layer.kind == "turbo" and _gzip_source(layer)]
+        self._downloads = {layer.index: downloads.get(layer.index) for layer in self._queue}
+        self._limit = limit or prefetch_limit()
+        self._lock = threading.Lock()
+        self._jobs: dict[int, InflateJob] = {}
+        self._taken: set[int] = set()
+        self._alive: set[int] = set()
+        self._next = 0
+        self._closed = False
+        for future in self._downloads.values():
+            if future is not None:
+                future.add_done_callback(lambda _f: self._pump())
+        self._pump()
+
+    def _pump(self) -> None:
+        """Start the next inflates in layer order while fewer than ``limit`` are alive."""
+        with self._lock:
+            while not self._closed and self._next < len(self._queue) and len(self._alive) < self._limit:
+                layer = self._queue[self._next]
+                future = self._downloads[layer.index]
+                if future is not None and not future.done():
+                    return  # the next source is not here yet: its download's end pumps again
+                self._next += 1
+                if layer.index in self._taken or (future is not None and future.exception() is not None):
+                    continue  # built already (its own inflate), or its download failed (the build says so)
+                source = self._ws.source_blob(layer)
+                spool = self._ws.blob_path(layer).parent
+                with contextlib.suppress(OSError):
+                    spool.mkdir(parents=True, exist_ok=True)
+                job = start_inflate(source, name=str(source), hash_output=layer.diff_id is not None,
+                                    spool_dir=str(spool))
+                if job is None:
+                    continue
+                log.debug("layer %d: inflate started ahead of its build (pid %d)", layer.index, job.pid)
+                self._jobs[layer.index] = job
+                self._alive.add(layer.index)
+
+    def take(self, layer: LayerPlan) -> InflateJob | None:
+        """The inflate of ``layer``'s source if it was started (the build owns it now), else None;
+        either way no inflate is started for it any more. Call :meth:`release` after the build."""
+        with self._lock:
+            self._taken.add(layer.index)
+            return self._jobs.pop(layer.index, None)
+
+    def release(self, layer: LayerPlan, job: InflateJob | None) -> None:
+        """The build of ``layer`` is over: its job (closed here if the build did not) no longer
+        counts, so the next inflate may start."""
+        if job is not None:
+            job.close()
+        with self._lock:
+            self._alive.discard(layer.index)
+        self._pump()
+
+    def drop(self, layer: LayerPlan) -> None:
+        """``layer`` is not built here after all (reused, built meanwhile elsewhere)."""
+        self.release(layer, self.take(layer))
+
+    def close(self) -> None:
+        """Stop: kill the inflates no build took (a failed or finished conversion)."""
+        with self._lock:
+            self._closed = True
+            jobs, self._jobs = list(self._jobs.values()), {}
+        for job in jobs:
+            job.close()
