@@ -274,3 +274,27 @@ def test_a_full_spool_disk_is_a_retryable_storage_error(tmp_path: Path, small_fs
     finally:
         job.close()
     assert list(full.iterdir()) == []
+
+
+def test_the_images_of_a_run_share_the_slots(tmp_path: Path, monkeypatch) -> None:
+    """Two images converted at once (an index): together at most ``limit`` inflates ahead; a slot
+    freed by one image's build starts the other image's next inflate."""
+    monkeypatch.setenv("OVERLAYBD_GZ_WORKER", "1")
+    ws = Workspace(tmp_path)
+    a = [_layer(ws, i, gzip.compress(_one_member_tar(100 + i), mtime=0)) for i in range(2)]
+    b = [_layer(ws, i, gzip.compress(_one_member_tar(200 + i), mtime=0)) for i in range(2)]
+    done: Future[int] = Future()
+    done.set_result(1)
+    first = InflatePrefetch(ws, a, {0: done, 1: done}, limit=2)
+    second = InflatePrefetch(ws, b, {0: done, 1: done}, limit=2)
+    try:
+        assert set(first._jobs) == {0, 1} and second._jobs == {}
+        job = first.take(a[0])
+        first.release(a[0], job)
+        assert set(second._jobs) == {0}  # the freed slot went to the other image
+        first.close()  # a finished image gives back the slot of the inflate no build took
+        assert set(second._jobs) == {0, 1}
+    finally:
+        first.close()
+        second.close()
+    assert not list(ws.root.rglob("gzworker-*"))

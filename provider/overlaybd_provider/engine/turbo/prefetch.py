@@ -7,9 +7,11 @@ does. So as soon as a source is downloaded, its inflate starts in a child proces
 being built; the build then reads the spool instead of starting a child of its own. Same bytes
 either way (the build checks the digest, size and diff_id exactly as before).
 
-At most ``limit`` inflates are alive at once (started and not yet finished with by their build),
-started in layer order: that bounds the spool disk to about ``limit`` uncompressed layers and keeps
-the children from crowding out the build that is running.
+Inflates ahead are started in layer order, and at most ``limit`` of them are alive at once in the
+whole process (started and not yet finished with by their build; the images of an index share the
+slots): that bounds the spool disk to about ``limit`` uncompressed layers and keeps the children
+from crowding out the builds that are running. A build whose inflate was not started ahead starts
+its own, as without prefetch, so no build ever waits for a slot.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import contextlib
 import logging
 import os
 import threading
+import weakref
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 
@@ -33,6 +36,31 @@ log = logging.getLogger(__name__)
 def prefetch_limit() -> int:
     """Inflates alive at once: the cores, at most 3 (more only adds spool disk)."""
     return max(1, min(3, os.cpu_count() or 1))
+
+
+class _Slots:
+    """The process-wide count of inflates alive ahead of their builds."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.used = 0
+        self.waiting: weakref.WeakSet[InflatePrefetch] = weakref.WeakSet()
+
+    def try_take(self, limit: int) -> bool:
+        with self._lock:
+            if self.used >= limit:
+                return False
+            self.used += 1
+            return True
+
+    def give_back(self) -> list[InflatePrefetch]:
+        """Free one slot; the prefetchers that may use it now."""
+        with self._lock:
+            self.used -= 1
+            return list(self.waiting)
+
+
+_SLOTS = _Slots()
 
 
 def _gzip_source(layer: LayerPlan) -> bool:
@@ -53,25 +81,30 @@ class InflatePrefetch:
         self._lock = threading.Lock()
         self._jobs: dict[int, InflateJob] = {}
         self._taken: set[int] = set()
-        self._alive: set[int] = set()
+        self._alive: set[int] = set()  # layers holding a slot
         self._next = 0
         self._closed = False
+        _SLOTS.waiting.add(self)
         for future in self._downloads.values():
             if future is not None:
                 future.add_done_callback(lambda _f: self._pump())
         self._pump()
 
     def _pump(self) -> None:
-        """Start the next inflates in layer order while fewer than ``limit`` are alive."""
+        """Start the next inflates in layer order while the process has fewer than ``limit`` alive."""
         with self._lock:
-            while not self._closed and self._next < len(self._queue) and len(self._alive) < self._limit:
+            while not self._closed and self._next < len(self._queue):
                 layer = self._queue[self._next]
                 future = self._downloads[layer.index]
                 if future is not None and not future.done():
                     return  # the next source is not here yet: its download's end pumps again
-                self._next += 1
-                if layer.index in self._taken or (future is not None and future.exception() is not None):
+                failed = future is not None and (future.cancelled() or future.exception() is not None)
+                if layer.index in self._taken or failed:
+                    self._next += 1
                     continue  # built already (its own inflate), or its download failed (the build says so)
+                if not _SLOTS.try_take(self._limit):
+                    return  # a slot's release pumps again
+                self._next += 1
                 source = self._ws.source_blob(layer)
                 spool = self._ws.blob_path(layer).parent
                 with contextlib.suppress(OSError):
@@ -79,6 +112,7 @@ class InflatePrefetch:
                 job = start_inflate(source, name=str(source), hash_output=layer.diff_id is not None,
                                     spool_dir=str(spool))
                 if job is None:
+                    _SLOTS.give_back()
                     continue
                 log.debug("layer %d: inflate started ahead of its build (pid %d)", layer.index, job.pid)
                 self._jobs[layer.index] = job
@@ -97,8 +131,11 @@ class InflatePrefetch:
         if job is not None:
             job.close()
         with self._lock:
+            held = layer.index in self._alive
             self._alive.discard(layer.index)
-        self._pump()
+        if held:
+            for prefetch in _SLOTS.give_back():
+                prefetch._pump()
 
     def drop(self, layer: LayerPlan) -> None:
         """``layer`` is not built here after all (reused, built meanwhile elsewhere)."""
@@ -109,5 +146,10 @@ class InflatePrefetch:
         with self._lock:
             self._closed = True
             jobs, self._jobs = list(self._jobs.values()), {}
+            held, self._alive = len(self._alive), set()
+        _SLOTS.waiting.discard(self)
         for job in jobs:
             job.close()
+        for _ in range(held):
+            for prefetch in _SLOTS.give_back():
+                prefetch._pump()
