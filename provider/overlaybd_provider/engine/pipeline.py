@@ -15,6 +15,7 @@ result and reuses it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -35,6 +36,7 @@ from overlaybd_provider.engine.transfer.endpoint import Endpoint
 from overlaybd_provider.engine.transfer.workspace import Workspace
 from overlaybd_provider.engine.turbo.build import build_turbo_layer
 from overlaybd_provider.engine.turbo.prefetch import InflatePrefetch
+from overlaybd_provider.formats.gzworker import InflateJob
 
 __all__ = ["DOWNLOADS_PER_IMAGE", "Pipeline", "run_images", "run_pairs"]
 
@@ -265,12 +267,8 @@ class Pipeline:
         with ws.layer_lock(n), ws.layer_lock(t), ws.source_lock(n):
             if not ws.source_blob(n).exists():
                 layerops.fetch_source(ws, self.src, n, self.cache)
-            job = prefetch.take(t) if prefetch is not None else None
-            try:
+            with _inflate_ahead(prefetch, t) as job:
                 done = build_both_layers(ws, image, n, twin_image, t, self.options, self.cache, inflate=job)
-            finally:
-                if prefetch is not None:
-                    prefetch.release(t, job)
             if done is None:
                 return None
             infos = []
@@ -324,12 +322,8 @@ class Pipeline:
             if not layerops.sources_present(ws, layer):  # a retry whose earlier try deleted it
                 layerops.fetch_source(ws, self.src, layer, self.cache)
             if self.plan.turbo:
-                job = prefetch.take(layer) if prefetch is not None else None
-                try:
+                with _inflate_ahead(prefetch, layer) as job:
                     result = build_turbo_layer(ws, image, layer, self.options, cache=self.cache, inflate=job)
-                finally:
-                    if prefetch is not None:
-                        prefetch.release(layer, job)
             else:  # a TurboOCI twin may still need the source
                 result = layerops.build_layer(ws, image, layer, self.options, cache=self.cache,
                                               keep_source=self.twin is not None)
@@ -356,6 +350,12 @@ class Pipeline:
     def _done(self, image: ImagePlan, layer: LayerPlan) -> None:
         if self.on_layer is not None:
             self.on_layer(image, layer)
+
+
+def _inflate_ahead(prefetch: InflatePrefetch | None, layer: LayerPlan
+                   ) -> contextlib.AbstractContextManager[InflateJob | None]:
+    """The inflate of ``layer``'s source started ahead, if any, for the duration of its build."""
+    return prefetch.using(layer) if prefetch is not None else contextlib.nullcontext()
 
 
 def run_pairs(pipeline: Pipeline, plan: Plan, twin: Plan, platform: str | None = None) -> None:

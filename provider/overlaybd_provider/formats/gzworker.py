@@ -142,13 +142,17 @@ class _Worker(io.RawIOBase):
             else:
                 self._punch = False  # not on this file system: the spool keeps its disk until closed
 
+    def _readable_now(self, want: int) -> int:
+        """How many of ``want`` bytes at the position can be read (waiting for one); 0 at the end."""
+        if want <= 0:
+            return 0
+        self._wait_for(self._pos + 1)
+        return max(0, min(want, self._avail - self._pos))
+
     def readinto(self, b: Any) -> int:  # type: ignore[override]
         with memoryview(b) as outer, outer.cast("B") as view:
-            if not len(view):
-                return 0
-            self._wait_for(self._pos + 1)
-            n = min(len(view), self._avail - self._pos)
-            if n <= 0:
+            n = self._readable_now(len(view))
+            if not n:
                 return 0
             with view[:n] as part:
                 got = os.preadv(self._fd, [part], self._pos)
@@ -161,11 +165,8 @@ class _Worker(io.RawIOBase):
             while chunk := self.read(1 << 20):
                 parts.append(chunk)
             return b"".join(parts)
-        if not size:
-            return b""
-        self._wait_for(self._pos + 1)
-        n = min(size, self._avail - self._pos)
-        if n <= 0:
+        n = self._readable_now(size)
+        if not n:
             return b""
         data = os.pread(self._fd, n, self._pos)
         self._advance(self._pos + len(data))
@@ -196,9 +197,9 @@ class _Worker(io.RawIOBase):
             if doc.get("kind") == "StorageError":
                 raise StorageError(message, errno_=doc.get("errno"))
             raise _ERRORS.get(doc.get("kind", ""), GzipSourceError)(message)
-        self._info = doc
         if doc["uncompressed_size"] != self._avail:
             raise GzipSourceError(f"gzip worker: {self._avail} bytes spooled, {doc['uncompressed_size']} inflated")
+        self._info = doc
 
     def _get(self, key: str) -> Any:
         if not self._info:

@@ -21,7 +21,7 @@ import logging
 import os
 import threading
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future
 
 from overlaybd_provider.engine.plan.model import LayerPlan
@@ -136,6 +136,15 @@ class InflatePrefetch:
         if held:
             for prefetch in _SLOTS.give_back():
                 prefetch._pump()
+
+    @contextlib.contextmanager
+    def using(self, layer: LayerPlan) -> Iterator[InflateJob | None]:
+        """:meth:`take` for the build of ``layer``, and :meth:`release` once it is over."""
+        job = self.take(layer)
+        try:
+            yield job
+        finally:
+            self.release(layer, job)
 
     def drop(self, layer: LayerPlan) -> None:
         """``layer`` is not built here after all (reused, built meanwhile elsewhere)."""
