@@ -33,8 +33,9 @@ def _add(tf: tarfile.TarFile, name: str, data: bytes | None = None, *, kind: byt
     tf.addfile(ti, io.BytesIO(data) if data is not None else None)
 
 
-def feature_tars(big: int = 3 << 20, wide: int = 2000) -> list[bytes]:
-    """Three uncompressed layer tars, bottom first."""
+def feature_tars(big: int = 3 << 20, wide: int = 2000, kept: int = 0) -> list[bytes]:
+    """Three uncompressed layer tars, bottom first. ``big``: a file of layer 0 that layer 2 whites
+    out; ``kept``: a file of that size in layer 1 that stays in the image (0: none)."""
     out = []
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
@@ -59,6 +60,11 @@ def feature_tars(big: int = 3 << 20, wide: int = 2000) -> list[bytes]:
         _add(tf, "usr/bin/tool2", kind=tarfile.LNKTYPE, link="usr/bin/tool")  # hard link to a lower file
         _add(tf, "etc/motd", b"hello from layer 1\n" * 1000, nsec=987654321)
         _add(tf, "opt/random.bin", random.Random(7).randbytes(2 << 20))  # incompressible
+        if kept:  # 8 MiB of noise (a gzip layer big enough for the inflate child), then a 16 KiB repeat
+            rng = random.Random(8)
+            head, block = rng.randbytes(8 << 20), rng.randbytes(16 << 10)
+            _add(tf, "srv", kind=tarfile.DIRTYPE, mode=0o755)
+            _add(tf, "srv/large.bin", (head + block * (kept // len(block) + 1))[:kept])
     out.append(buf.getvalue())
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:

@@ -106,7 +106,9 @@ def maria(mariadb_clean):
 
 def test_registry_to_registry_turbo_oci_judged_by_upstream_and_deduplicated(
         registry, registry_repo, tmp_path, maria, mariadb_clean, obd_export):
-    tars = _tars(tmp_path)
+    # the image: whiteouts, opaque dirs, hard links across layers, xattrs, PAX nanosecond
+    # mtimes, a 20 000-entry directory and a 150 MiB file
+    tars = feature_tars(wide=20_000, kept=150 << 20)
     src = publish(tmp_path, registry, registry_repo, tars, [OCI_GZIP, OCI_GZIP, OCI_TAR])
     dst = registry.ref(f"{registry_repo}-turbo", "v1")
     report = run(registry, src, dst, dedup=maria, oci=True)
@@ -138,6 +140,8 @@ def test_registry_to_registry_turbo_oci_judged_by_upstream_and_deduplicated(
     assert_e2fsck_clean(raw)
     expected = expected_tree(tar_files(tmp_path, tars))
     assert "/usr/bin/tool2" in expected and "/var/cache/a" not in expected and "/var/cache/c" in expected
+    assert expected["/srv/large.bin"].size == 150 << 20
+    assert sum(1 for path in expected if path.startswith("/wide/")) == 20_000 - 1  # one whited out
     assert_trees_equal(read_tree(raw), expected)
     ours = export_stack([s.replace("turbo-blob:", "turbo:") for s in specs], tmp_path / "ours.raw")
     assert_trees_equal(read_tree(ours), expected)  # our own reader agrees
