@@ -11,8 +11,9 @@ the CLI, the worker interpreters, and Airflow tasks running the engine.
 
 from __future__ import annotations
 
-import ctypes
 import logging
+
+from overlaybd_provider.libc import libc
 
 __all__ = ["keep_large_buffers"]
 
@@ -31,14 +32,8 @@ def keep_large_buffers() -> bool:
     if _done:
         return True
     try:
-        try:  # glibc's soname: no ``find_library``, which runs ldconfig in a subprocess
-            libc = ctypes.CDLL("libc.so.6")
-        except OSError:
-            from ctypes.util import find_library
-
-            libc = ctypes.CDLL(find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
+        mallopt = libc().mallopt  # type: ignore[union-attr]
+    except AttributeError:  # no C library, or not glibc
         return False
     ok = bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
     _done = ok

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import dataclasses
+import functools
 import io
 import json
 import os
@@ -37,6 +37,7 @@ from typing import Any, BinaryIO
 from overlaybd_provider.errors import StorageError, storage_error
 from overlaybd_provider.formats.gzcheckpoint import CheckpointingGunzip, GzipSourceError, NotTurboCapable
 from overlaybd_provider.formats.gzindex import GzIndexInfo, GzIndexWriter
+from overlaybd_provider.libc import libc
 from overlaybd_provider.workers import env_choice, module_process, spare_core
 
 __all__ = ["InflateJob", "open_checkpointing", "start_inflate", "worker_wanted"]
@@ -48,15 +49,13 @@ _PUNCH_EVERY = 32 << 20
 _FALLOC_PUNCH = 0x01 | 0x02  # FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE
 
 
-def _libc_fallocate() -> Any:
-    with contextlib.suppress(OSError, AttributeError, TypeError):
-        f = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True).fallocate
+@functools.cache
+def _fallocate() -> Any:
+    """Linux ``fallocate(2)`` (with flags, which ``os.posix_fallocate`` lacks), or None."""
+    f = getattr(libc(), "fallocate", None) if sys.platform.startswith("linux") else None
+    if f is not None:
         f.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
-        return f
-    return None
-
-
-_fallocate = _libc_fallocate() if sys.platform.startswith("linux") else None
+    return f
 
 
 class _InProcess:
@@ -107,7 +106,7 @@ class _Worker(io.RawIOBase):
         self._avail = 0  # spool bytes the child has written
         self._pos = 0  # next byte to hand out
         self._punched = 0
-        self._punch = _fallocate is not None
+        self._punch = _fallocate() is not None
         self._eof = False  # the child closed its end: _avail is final
         self._done = False
         self._info: dict[str, Any] = {}
@@ -137,7 +136,7 @@ class _Worker(io.RawIOBase):
         self._pos = pos
         if pos - self._punched >= _PUNCH_EVERY and self._punch:
             end = pos & ~0xFFFF
-            if _fallocate(self._fd, _FALLOC_PUNCH, self._punched, end - self._punched) == 0:
+            if _fallocate()(self._fd, _FALLOC_PUNCH, self._punched, end - self._punched) == 0:
                 self._punched = end
             else:
                 self._punch = False  # not on this file system: the spool keeps its disk until closed
