@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(
   e2fsprogs docker-registry skopeo apache2-utils openssl zstd
-  default-libmysqlclient-dev pkg-config build-essential
+  default-libmysqlclient-dev pkg-config build-essential python3-dev
   chromium
 )
 missing=()
@@ -32,11 +32,19 @@ PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
-stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
+stamp=.venv/.installed-$(cat pyproject.toml setup.py | sha256sum | cut -c1-16)
 if [ ! -f "$stamp" ]; then
   echo "bootstrap: installing Python packages into .venv"
   .venv/bin/pip install -q --upgrade pip
   .venv/bin/pip install -q -e '.[airflow,test]'
   rm -f .venv/.installed-*
   touch "$stamp"
+fi
+
+# The optional accelerator (setup.py, overlaybd_provider/accel.py): the editable install compiles the
+# hot modules; rebuild them when a source changed since (a stale build is never used: its .py runs).
+if ! .venv/bin/overlaybd --accelerator >/dev/null 2>&1; then
+  echo "bootstrap: building the accelerator (Cython, ~1 min)"
+  .venv/bin/pip install -q --no-deps -e .
+  .venv/bin/overlaybd --accelerator | head -1
 fi

@@ -2,4 +2,9 @@
 
 from __future__ import annotations
 
+from . import accel
+
 __version__ = "0.1.0"
+
+# Before any submodule is imported: the hot modules load compiled only when built from these sources.
+accel.install()

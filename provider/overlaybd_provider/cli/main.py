@@ -36,6 +36,29 @@ COMMAND_MODULES = {"inspect": "inspect", "export": "export", "zfile": "zfile", "
                    "convert": "convert"}
 
 
+class _VersionAction(argparse.Action):
+    """``--version``: the version and the accelerator state (computed only when asked)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="print the version and the accelerator state")
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
+        from overlaybd_provider import accel
+
+        print(f"overlaybd {__version__} ({accel.summary()})")
+        parser.exit(0)
+
+
+class _AcceleratorAction(argparse.Action):
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, help=kwargs.get("help"))
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
+        from overlaybd_provider import accel
+
+        parser.exit(accel.report(require=True))
+
+
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The parser of every sub-command, or of sub-command ``only`` alone (saves importing the
     others: a conversion process starts faster)."""
@@ -43,7 +66,11 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         prog="overlaybd",
         description="Convert OCI images to overlaybd and inspect overlaybd layers.",
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--version", action=_VersionAction)
+    parser.add_argument(
+        "--accelerator", action=_AcceleratorAction,
+        help="print which hot modules run compiled (exit 1 when any runs as pure Python) and exit",
+    )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
     for name in (COMMAND_MODULES[only],) if only in COMMAND_MODULES else SUBCOMMAND_MODULES:

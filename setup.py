@@ -1,0 +1,84 @@
+"""Builds the optional accelerator (``overlaybd_provider.accel``): Cython compiles the hot modules from
+their own ``.py`` sources. Everything else is in pyproject.toml.
+
+Each extension is optional: with no C compiler (or ``OVERLAYBD_ACCEL=0`` at build time) the install
+succeeds with the pure-Python modules. ``build_ext`` records the sha256 of every source it compiled in
+``overlaybd_provider/_accel_built.json``; at run time a compiled module is used only when that digest
+matches the ``.py`` beside it (an edited source runs as Python until rebuilt).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+from setuptools import setup
+from setuptools.command.build_ext import build_ext
+
+ROOT = Path(__file__).resolve().parent
+PROVIDER = ROOT / "provider"
+
+
+def _accel():
+    spec = importlib.util.spec_from_file_location("_overlaybd_accel", PROVIDER / "overlaybd_provider" / "accel.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+ACCEL = _accel()
+
+
+def _extensions() -> list:
+    if not ACCEL.enabled():
+        return []
+    try:
+        from Cython.Build import cythonize
+    except ImportError:
+        print("overlaybd accelerator: Cython is not installed; the pure-Python modules will run")
+        return []
+    from setuptools import Extension
+
+    extensions = [
+        Extension(module, [str(ACCEL.source_path(PROVIDER, module).relative_to(ROOT))], optional=True)
+        for module in ACCEL.MODULES
+    ]
+    built = cythonize(
+        extensions,
+        build_dir="build/cython",
+        quiet=True,
+        nthreads=os.cpu_count() or 1,
+        # Python semantics exactly (the compiled module must behave as its fallback): annotations are
+        # not C types, no wraparound/bounds shortcuts.
+        compiler_directives={"language_level": 3, "annotation_typing": False, "infer_types": False, "binding": True},
+    )
+    for extension in built:
+        extension.optional = True
+    return built
+
+
+class BuildAccel(build_ext):
+    """``build_ext`` that compiles on every core and writes the manifest of the sources it compiled."""
+
+    def finalize_options(self) -> None:
+        super().finalize_options()
+        if not self.parallel:
+            self.parallel = os.cpu_count() or 1
+
+    def run(self) -> None:
+        super().run()
+        if not self.extensions:
+            return
+        built = {}
+        for extension in self.extensions:
+            if Path(self.get_ext_fullpath(extension.name)).is_file():
+                built[extension.name] = ACCEL.source_digest(ACCEL.source_path(PROVIDER, extension.name))
+        target = Path(self.get_ext_fullpath(ACCEL.MODULES[0])).parents[len(ACCEL.MODULES[0].split(".")) - 2]
+        manifest = target / ACCEL.MANIFEST
+        manifest.write_text(json.dumps(built, indent=1, sort_keys=True) + "\n")
+        print(f"overlaybd accelerator: {len(built)}/{len(self.extensions)} modules compiled ({manifest})")
+
+
+setup(ext_modules=_extensions(), cmdclass={"build_ext": BuildAccel})
