@@ -46,5 +46,5 @@ fi
 if ! .venv/bin/overlaybd --accelerator >/dev/null 2>&1; then
   echo "bootstrap: building the accelerator (Cython, ~1 min)"
   .venv/bin/pip install -q --no-deps -e .
-  .venv/bin/overlaybd --accelerator | head -1
+  .venv/bin/overlaybd --version
 fi

@@ -120,3 +120,45 @@ def test_fallback_writes_the_same_bytes(tmp_path: Path, kind: str, extra: list[s
     assert [len(b) for b in compiled] == [len(b) for b in pure]
     assert compiled == pure
     assert all(compiled) and sum(map(len, compiled)) > 64 << 10
+
+
+def test_no_compiler_installs_pure_python_with_the_same_output(tmp_path: Path) -> None:
+    """``pip install`` where no C compiler works: the wheel holds only the ``.py`` modules, the install
+    runs them, and the layers it writes are those of the compiled checkout."""
+    repo = PACKAGE_DIR.parents[1]
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "setup.py", "README.md"):
+        shutil.copy2(repo / name, src / name)
+    skip = shutil.ignore_patterns("__pycache__", "*.so", accel.MANIFEST, "*.egg-info")
+    for name in ("provider", "plugins"):
+        shutil.copytree(repo / name, src / name, ignore=skip)
+    no_cc = {"CC": "/bin/false", "CXX": "/bin/false", "LDSHARED": "/bin/false"}
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                            "-w", str(tmp_path / "wheel"), str(src)], capture_output=True, text=True,
+                           env=_env("1", **no_cc), timeout=900)
+    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
+    import zipfile
+
+    (wheel,) = (tmp_path / "wheel").glob("*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "overlaybd_provider/ext4/changeset.py" in names
+    assert not [n for n in names if n.endswith((".so", ".pyd"))]
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)],
+                   check=True, capture_output=True, timeout=300)
+    code = ("import overlaybd_provider.ext4.fs as f; from overlaybd_provider import accel; "
+            "print(f.__file__); print(sorted(set(accel.status().values())))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env=_env("1", PYTHONPATH=str(site))).stdout.splitlines()
+    assert out == [str(site / "overlaybd_provider" / "ext4" / "fs.py"), "['missing']"]
+    tar = tmp_path / "layer.tar"
+    tar.write_bytes(feature_tars(big=1 << 20, wide=500)[0])
+    blobs = []
+    for where, env in (("installed", _env("1", PYTHONPATH=str(site))), ("checkout", _env("1"))):
+        out_blob = tmp_path / f"{where}.blob"
+        done = subprocess.run([*CLI, "apply-layer", str(tar), str(out_blob)], capture_output=True, text=True,
+                              env=env, timeout=300)
+        assert done.returncode == 0, done.stderr
+        blobs.append(out_blob.read_bytes())
+    assert blobs[0] == blobs[1]

@@ -222,3 +222,32 @@ def test_a_decompression_bomb_decodes_in_bounded_memory(tmp_path, kind, worker):
     assert out[:3] == [kind, str(size), "sha256:" + hashlib.sha256(bytes(size)).hexdigest()]
     assert int(out[3]) < 160, f"peak RSS {out[3]} MiB decoding a {size >> 20} MiB bomb"
     assert out[4] == ("1" if worker else "0")  # the child decoder was measured when there was one
+
+
+@pytest.mark.parametrize("make,kind", [(_gzip_members, "gzip"), (_zstd_frames, "zstd")])
+def test_a_regular_file_is_read_by_the_child_itself(tmp_path, make, kind):
+    """No feeder thread in the converter: the child reads the source file from the stream's
+    position (here past a prefix), head bytes included; digest and errors as through the pipe."""
+    import hashlib
+
+    prefix = b"not part of the layer" * 500
+    path = tmp_path / "layer.blob"
+    path.write_bytes(prefix + make())
+    with open(path, "rb") as f:
+        f.seek(len(prefix))
+        stream, got = decompressed(f, worker=True, digest=True)
+        assert isinstance(stream, layerdecode._ProcessDecoder) and stream._feeder is None
+        out = bytearray()
+        while piece := stream.read(300_001):
+            out += piece
+        stream.close()
+    assert got == kind and bytes(out) == RAW
+    assert layerdecode.content_digest(stream) == "sha256:" + hashlib.sha256(RAW).hexdigest()
+    path.write_bytes(prefix + make()[:-5000])
+    with open(path, "rb") as f:
+        f.seek(len(prefix))
+        stream, _ = decompressed(f, worker=True)
+        with pytest.raises(LayerTarError, match=f"{kind} stream is truncated"):
+            while stream.read(1 << 20):
+                pass
+        stream.close()

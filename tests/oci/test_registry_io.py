@@ -10,7 +10,7 @@ import shutil
 import pytest
 from overlaybd_provider.oci.client import RegistryClient
 from overlaybd_provider.oci.copy import copy_image
-from overlaybd_provider.oci.errors import DigestMismatchError, NotFoundError
+from overlaybd_provider.oci.errors import DigestMismatchError, NotFoundError, RegistryError
 from overlaybd_provider.oci.layout import LayoutStore
 from overlaybd_provider.oci.mediatypes import MediaType
 from overlaybd_provider.oci.store import RemoteStore, open_store
@@ -113,6 +113,22 @@ def test_push_wrong_digest_is_refused_before_commit(registry, registry_repo, tmp
         assert not client.blob_exists(registry_repo, digest)
         with pytest.raises(DigestMismatchError, match="size"):
             client.push_blob(registry_repo, path, digest, size + 1)
+
+
+def test_unverified_push_of_a_wrong_digest_is_refused_by_the_registry(registry, registry_repo, tmp_path):
+    """``verify=False`` (a layer we just sealed: its digest computed while writing it) skips our
+    second hash, not the registry's: a file that changed since is refused, nothing committed."""
+    client = RegistryClient(registry.host, registry.options(chunk_size=64 << 10))
+    for size in (1000, 200_000):  # one PUT, chunked PATCHes
+        path, digest, _ = _blob(tmp_path, size)
+        wrong = "sha256:" + hashlib.sha256(b"other").hexdigest()
+        with pytest.raises(RegistryError) as refused:
+            client.push_blob(registry_repo, path, wrong, size, verify=False)
+        assert refused.value.status == 400 and "DIGEST_INVALID" in str(refused.value)
+        assert not client.blob_exists(registry_repo, wrong)
+        assert not client.blob_exists(registry_repo, digest)
+        assert client.push_blob(registry_repo, path, digest, size, verify=False) is True
+        assert client.blob_exists(registry_repo, digest)
 
 
 def test_cross_repo_mount_and_cross_registry_copy(registry, auth_registry, registry_repo, tmp_path):

@@ -23,6 +23,7 @@ from overlaybd_provider.ext4.fs import Filesystem
 from overlaybd_provider.ext4.inode import Inode
 from overlaybd_provider.ext4.namespace import KEEP_ALL, KEEP_CHILDREN, KEEP_NONE, DirState, Namespace, Path
 from overlaybd_provider.ext4.tarstream import LayerTarError, TarMember
+from overlaybd_provider.malloc import collector_paused
 
 log = logging.getLogger(__name__)
 
@@ -426,15 +427,16 @@ def apply_tar(fs: Filesystem, tf: tarfile.TarFile, *, name: str = "layer") -> Ap
         applier._take = take
     last = "<start of archive>"
     current = None  # the entry being applied (its data is being read)
-    try:
-        for ti in tf:
-            current = ti
-            applier.apply_entry(tf, ti)
-            last, current = ti.name, None
-    except (tarfile.TarError, EOFError) as exc:
-        raise tar_failure(tf, current, last, exc) from None
-    check_tar_end(tf, last)
-    applier.finish()
+    with collector_paused():
+        try:
+            for ti in tf:
+                current = ti
+                applier.apply_entry(tf, ti)
+                last, current = ti.name, None
+        except (tarfile.TarError, EOFError) as exc:
+            raise tar_failure(tf, current, last, exc) from None
+        check_tar_end(tf, last)
+        applier.finish()
     if applier.first_clamped is not None:
         entry, sec = applier.first_clamped
         n = applier.stats.clamped_times

@@ -246,23 +246,27 @@ def _grow_pipe(fd: int) -> None:
 
 
 class _ProcessDecoder(io.RawIOBase):
-    """The decoded stream of a child process: a thread feeds it the compressed bytes (reads
-    and pipe writes release the GIL), the caller reads the output pipe. The child's one-line
-    verdict (stderr, exit status) becomes a :class:`LayerTarError` at the end of the stream."""
+    """The decoded stream of a child process, read from its output pipe. A regular source file
+    is read by the child itself (``src_fd``: its stdin is that file, from the descriptor's
+    offset); any other stream is fed by a thread (reads and pipe writes release the GIL). The
+    child's one-line verdict (stderr, exit status) becomes a :class:`LayerTarError` at the end."""
 
-    def __init__(self, src: BinaryIO, kind: str, *, digest: bool = False) -> None:
+    def __init__(self, src: BinaryIO | None, kind: str, *, digest: bool = False, src_fd: int | None = None) -> None:
         self.kind = kind
         self.content_digest: str | None = None
         args = [kind, "--digest"] if digest else [kind]
-        self._proc = module_process(__name__, args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE)
-        assert self._proc.stdin is not None and self._proc.stdout is not None
-        _grow_pipe(self._proc.stdin.fileno())
+        self._proc = module_process(__name__, args, stdin=subprocess.PIPE if src_fd is None else src_fd,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert self._proc.stdout is not None
         _grow_pipe(self._proc.stdout.fileno())
         self._out = self._proc.stdout
         self._feed_error: BaseException | None = None
-        self._feeder = threading.Thread(target=self._feed, args=(src,), name="layer-decode-feed", daemon=True)
-        self._feeder.start()
+        self._feeder: threading.Thread | None = None
+        if src_fd is None:
+            assert self._proc.stdin is not None and src is not None
+            _grow_pipe(self._proc.stdin.fileno())
+            self._feeder = threading.Thread(target=self._feed, args=(src,), name="layer-decode-feed", daemon=True)
+            self._feeder.start()
         self._done = False
 
     def _feed(self, src: BinaryIO) -> None:
@@ -287,7 +291,8 @@ class _ProcessDecoder(io.RawIOBase):
         if self._done:
             return
         self._done = True
-        self._feeder.join()
+        if self._feeder is not None:
+            self._feeder.join()
         assert self._proc.stderr is not None
         message = self._proc.stderr.read().decode(errors="replace").strip()
         status = self._proc.wait()
@@ -317,7 +322,8 @@ class _ProcessDecoder(io.RawIOBase):
             with contextlib.suppress(OSError):
                 self._proc.kill()
             self._proc.wait()
-            self._feeder.join()
+            if self._feeder is not None:
+                self._feeder.join()
         for f in (self._proc.stdout, self._proc.stderr):
             if f is not None:
                 f.close()
@@ -335,6 +341,19 @@ def _use_worker(src: BinaryIO) -> bool:
     except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
         return True  # a stream of unknown length
     return not (stat.S_ISREG(st.st_mode) and st.st_size < WORKER_MIN_BYTES)
+
+
+def _regular_file_fd(src: BinaryIO) -> int | None:
+    """The descriptor of ``src`` when it is a seekable regular file the child can read itself."""
+    try:
+        fd = src.fileno()
+        src.tell()
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return None
+    try:
+        return fd if stat.S_ISREG(os.fstat(fd).st_mode) else None
+    except OSError:
+        return None
 
 
 def decompressed(src: BinaryIO, *, worker: bool | None = None, digest: bool = False,
@@ -355,6 +374,10 @@ def decompressed(src: BinaryIO, *, worker: bool | None = None, digest: bool = Fa
             stream = _Hashing(stream)  # type: ignore[assignment]
         return stream, kind
     if worker if worker is not None else _use_worker(src):
+        fd = _regular_file_fd(src)
+        if fd is not None:  # the child reads the file from the stream's start (head included)
+            os.lseek(fd, src.tell() - len(head), os.SEEK_SET)
+            return _ProcessDecoder(None, kind, digest=digest, src_fd=fd), kind  # type: ignore[return-value]
         return _ProcessDecoder(stream, kind, digest=digest), kind  # type: ignore[return-value]
     return _DECODERS[kind](stream, digest=digest), kind  # type: ignore[return-value]
 

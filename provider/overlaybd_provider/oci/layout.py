@@ -224,8 +224,10 @@ class LayoutStore:
 
     # -- writing ----------------------------------------------------------------------------------
 
-    def push_blob(self, path: str | os.PathLike[str], digest: str, size: int, media_type: str | None = None) -> bool:
-        """Copy a file in as a blob (verified). ``False`` if the blob was already there."""
+    def push_blob(self, path: str | os.PathLike[str], digest: str, size: int, media_type: str | None = None,
+                  *, verify: bool = True) -> bool:
+        """Copy a file in as a blob (verified). ``False`` if the blob was already there. The copy
+        is hashed whatever ``verify`` says: no registry checks a layout's blobs after us."""
         if self.has_blob(digest):
             return False
         self._ensure_layout()

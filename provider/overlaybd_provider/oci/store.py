@@ -43,7 +43,8 @@ class ImageStore(Protocol):
 
     def has_blob(self, digest: str) -> bool: ...
 
-    def push_blob(self, path: str | os.PathLike[str], digest: str, size: int, media_type: str | None = None) -> bool: ...
+    def push_blob(self, path: str | os.PathLike[str], digest: str, size: int, media_type: str | None = None,
+                  *, verify: bool = True) -> bool: ...
 
     def mount_blob(self, digest: str, size: int, from_store: ImageStore) -> bool: ...
 
@@ -104,8 +105,9 @@ class RemoteStore:
     def has_blob(self, digest: str) -> bool:
         return self.client.blob_exists(self.repository, digest)
 
-    def push_blob(self, path: str | os.PathLike[str], digest: str, size: int, media_type: str | None = None) -> bool:
-        return self.client.push_blob(self.repository, Path(path), digest, size)
+    def push_blob(self, path: str | os.PathLike[str], digest: str, size: int, media_type: str | None = None,
+                  *, verify: bool = True) -> bool:
+        return self.client.push_blob(self.repository, Path(path), digest, size, verify=verify)
 
     def mount_blob(self, digest: str, size: int, from_store: ImageStore) -> bool:
         """Make the blob present here. ``True`` when no bytes were uploaded (already present or

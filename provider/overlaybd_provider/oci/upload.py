@@ -147,9 +147,13 @@ class BlobUploads:
         except RegistryError as exc:
             log.debug("cancelling upload failed: %s", exc)
 
-    def push_blob(self, repository: str, path: str | Path, digest: str, size: int) -> bool:
+    def push_blob(self, repository: str, path: str | Path, digest: str, size: int, *, verify: bool = True) -> bool:
         """Upload a file as a blob unless present. Small blobs go in one PUT, larger ones in
-        ``chunk_size`` PATCHes streamed from the file. Returns ``False`` if it already existed."""
+        ``chunk_size`` PATCHes streamed from the file. Returns ``False`` if it already existed.
+
+        ``verify=False``: the caller computed ``digest`` itself while writing the file (a layer
+        this process just sealed), so it is not hashed again here; the registry still checks it
+        before it commits the upload (a mismatch is refused, ``DIGEST_INVALID``)."""
         if self.blob_exists(repository, digest):
             return False
         actual = Path(path).stat().st_size
@@ -159,15 +163,17 @@ class BlobUploads:
         endpoint = self._endpoints("push")[0]
         with self.limiter.slot():
             if size <= self.options.chunk_size:
-                self._push_monolithic(endpoint, repository, Path(path), digest, size)
+                self._push_monolithic(endpoint, repository, Path(path), digest, size, verify)
             else:
-                self._push_chunked(endpoint, repository, Path(path), digest, size)
+                self._push_chunked(endpoint, repository, Path(path), digest, size, verify)
         return True
 
-    def _push_monolithic(self, endpoint: Endpoint, repository: str, path: Path, digest: str, size: int) -> None:
-        hasher = ProgressiveHasher(digest)
-        _hash_file(path, size, hasher)
-        self._verify_upload(hasher, digest, size)
+    def _push_monolithic(self, endpoint: Endpoint, repository: str, path: Path, digest: str, size: int,
+                         verify: bool = True) -> None:
+        if verify:
+            hasher = ProgressiveHasher(digest)
+            _hash_file(path, size, hasher)
+            self._verify_upload(hasher, digest, size)
         state = RetryState.from_options(self.options)
         location: str | None = None
         while True:
@@ -207,9 +213,10 @@ class BlobUploads:
                 self._cancel(endpoint, repository, location)
                 location = None
 
-    def _push_chunked(self, endpoint: Endpoint, repository: str, path: Path, digest: str, size: int) -> None:
+    def _push_chunked(self, endpoint: Endpoint, repository: str, path: Path, digest: str, size: int,
+                      verify: bool = True) -> None:
         scopes = [repository_scope(repository, "pull", "push")]
-        hasher = ProgressiveHasher(digest)
+        hasher = ProgressiveHasher(digest) if verify else None
         state = RetryState.from_options(self.options)
         location = self._location(endpoint, self._start_upload(endpoint, repository))
         offset = 0
@@ -249,11 +256,12 @@ class BlobUploads:
                 resent = False
                 location, offset = self._upload_status(endpoint, repository, location, start)
                 log.info("resuming upload of %s at byte %d", digest, offset)
-        if hasher.gap or hasher.upto != size:
+        if hasher is not None and (hasher.gap or hasher.upto != size):
             hasher = ProgressiveHasher(digest)
             _hash_file(path, size, hasher)
         try:
-            self._verify_upload(hasher, digest, size)
+            if hasher is not None:
+                self._verify_upload(hasher, digest, size)
         except DigestMismatchError:
             self._cancel(endpoint, repository, location)
             raise

@@ -89,11 +89,12 @@ class Endpoint:
 
     # writes ------------------------------------------------------------------
 
-    def push_blob_file(self, path: Path, digest: str, size: int) -> bool:
-        """Push unless present; True when bytes were uploaded."""
+    def push_blob_file(self, path: Path, digest: str, size: int, *, verify: bool = True) -> bool:
+        """Push unless present; True when bytes were uploaded. ``verify=False``: ``digest`` was
+        computed while this file was written here (``store.push_blob``)."""
         if self.store.has_blob(digest):
             return False
-        self.store.push_blob(path, digest, size)
+        self.store.push_blob(path, digest, size, verify=verify)
         return True
 
     def push_blob_bytes(self, data: bytes, digest: str, spool_dir: Path) -> bool:
