@@ -50,10 +50,12 @@ def _extensions() -> list:
     built = cythonize(
         extensions,
         build_dir="build/cython",
+        force=True,  # the C of every module from these directives (a cached file may be from others)
         quiet=True,
         nthreads=os.cpu_count() or 1,
         # Python semantics exactly (the compiled module must behave as its fallback): annotations are
-        # not C types, no wraparound/bounds shortcuts.
+        # not C types, and no variable gets a type from its first value (Cython's "safe" inference
+        # typed a bytearray whose strided slice then refused a bytes value that Python accepts).
         compiler_directives={"language_level": 3, "annotation_typing": False, "infer_types": False, "binding": True},
     )
     for extension in built:

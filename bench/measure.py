@@ -64,6 +64,15 @@ class CommandFailed(RuntimeError):
         self.run = run
 
 
+def build_label() -> str:
+    """What ``overlaybd --version`` says of the build measured (the accelerator state included)."""
+    try:
+        done = subprocess.run([*overlaybd_cli(), "--version"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"overlaybd --version failed: {exc}"
+    return (done.stdout or done.stderr).strip().splitlines()[-1] if (done.stdout or done.stderr).strip() else "?"
+
+
 def overlaybd_cli() -> list[str]:
     """The console script of the interpreter running the benchmark (normally ``.venv/bin/overlaybd``).
 

@@ -238,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"(best of {runs}, ours and upstream alternating; times include process start-up: "
               f"{measure_mod.startup_seconds():.2f} s per `overlaybd` run; load = highest 1-minute load average "
               f"seen at the start of a run; MB = {MB:,} bytes)")
+        print(f"(ours: {measure_mod.build_label()})")
         if args.profile:
             import split as split_mod  # bench/split.py
 

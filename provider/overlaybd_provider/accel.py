@@ -38,6 +38,7 @@ MODULES: tuple[str, ...] = tuple(
         "ext4.blockdev",
         "ext4.changeset",
         "ext4.dirent",
+        "ext4.dirhash",
         "ext4.directory",
         "ext4.dual",
         "ext4.dxedit",
