@@ -14,6 +14,7 @@ import logging
 import math
 import re
 import tarfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
@@ -410,6 +411,25 @@ def tar_failure(tf: tarfile.TarFile, current: tarfile.TarInfo | None, last: str,
     return LayerTarError(f"corrupt or truncated tar after entry {last!r}: {exc}")
 
 
+def apply_members(tf: tarfile.TarFile, apply_entry: Callable[[tarfile.TarInfo], None],
+                  finish: Callable[[], None]) -> None:
+    """Every member of ``tf`` through ``apply_entry``, the end of the archive checked, then
+    ``finish``: all with the cycle collector paused (``malloc.collector_paused``). A tar that
+    breaks becomes one :class:`LayerTarError` naming the entry it broke in or after."""
+    last = "<start of archive>"
+    current = None  # the entry being applied (its data is being read)
+    with collector_paused():
+        try:
+            for ti in tf:
+                current = ti
+                apply_entry(ti)
+                last, current = ti.name, None
+        except (tarfile.TarError, EOFError) as exc:
+            raise tar_failure(tf, current, last, exc) from None
+        check_tar_end(tf, last)
+        finish()
+
+
 def check_tar_end(tf: tarfile.TarFile, last: str) -> None:
     """Raise when the tar reader stopped early on something it could not read as an end."""
     end = getattr(tf, "_obd_end", None)
@@ -425,18 +445,7 @@ def apply_tar(fs: Filesystem, tf: tarfile.TarFile, *, name: str = "layer") -> Ap
     take = getattr(tf, "take_buffered", None)
     if take is not None:
         applier._take = take
-    last = "<start of archive>"
-    current = None  # the entry being applied (its data is being read)
-    with collector_paused():
-        try:
-            for ti in tf:
-                current = ti
-                applier.apply_entry(tf, ti)
-                last, current = ti.name, None
-        except (tarfile.TarError, EOFError) as exc:
-            raise tar_failure(tf, current, last, exc) from None
-        check_tar_end(tf, last)
-        applier.finish()
+    apply_members(tf, lambda ti: applier.apply_entry(tf, ti), applier.finish)
     if applier.first_clamped is not None:
         entry, sec = applier.first_clamped
         n = applier.stats.clamped_times

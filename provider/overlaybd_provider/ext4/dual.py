@@ -24,7 +24,7 @@ from typing import Any, BinaryIO
 
 from overlaybd_provider.ext4.apply import StackApplyStats
 from overlaybd_provider.ext4.blockdev import LowerStack, OverlayBlockDevice
-from overlaybd_provider.ext4.changeset import ApplyStats, ChangesetApplier, check_tar_end, tar_failure
+from overlaybd_provider.ext4.changeset import ApplyStats, ChangesetApplier, apply_members
 from overlaybd_provider.ext4.fs import Filesystem
 from overlaybd_provider.ext4.layout import BLOCK_SIZE
 from overlaybd_provider.ext4.mkfs import MkfsOptions, mkfs
@@ -44,7 +44,6 @@ from overlaybd_provider.formats.turbo import (
     turbo_annotations,
     turbo_capability,
 )
-from overlaybd_provider.malloc import collector_paused
 
 __all__ = ["DualResult", "apply_both_to_stack"]
 
@@ -77,27 +76,24 @@ def _apply_both(native: Filesystem, turbo: Filesystem, tf: Any, name: str) -> tu
     take = getattr(tf, "take_buffered", None)
     if take is not None:
         an._take = take  # the turbo applier never takes data (it maps it), so the buffer is the native's
-    last, current = "<start of archive>", None
-    with collector_paused():
-        try:
-            for ti in tf:
-                current = ti
-                if ti.size and getattr(ti, "sparse", None) is not None and ti.isreg():
-                    with tempfile.TemporaryFile(prefix="sparse-") as spool:
-                        src = tf.extractfile(ti)
-                        shutil.copyfileobj(src, spool, 1 << 20)
-                        replay = _Replay(tf, spool)
-                        at.apply_entry(replay, ti)
-                        an.apply_entry(replay, ti)
-                else:
-                    at.apply_entry(tf, ti)
-                    an.apply_entry(tf, ti)
-                last, current = ti.name, None
-        except (tarfile.TarError, EOFError) as exc:
-            raise tar_failure(tf, current, last, exc) from None
-        check_tar_end(tf, last)
+
+    def both(ti: tarfile.TarInfo) -> None:
+        if ti.size and getattr(ti, "sparse", None) is not None and ti.isreg():
+            with tempfile.TemporaryFile(prefix="sparse-") as spool:
+                src = tf.extractfile(ti)
+                shutil.copyfileobj(src, spool, 1 << 20)
+                replay = _Replay(tf, spool)
+                at.apply_entry(replay, ti)
+                an.apply_entry(replay, ti)
+        else:
+            at.apply_entry(tf, ti)
+            an.apply_entry(tf, ti)
+
+    def finish() -> None:
         at.finish()
         an.finish()
+
+    apply_members(tf, both, finish)
     if an.first_clamped is not None:
         entry, sec = an.first_clamped
         log.warning("%s: %d entries have times ext4 cannot store, clamped (first: %r, mtime %d)", name,
