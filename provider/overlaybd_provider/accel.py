@@ -98,6 +98,17 @@ def _compiled_file(directory: Path, leaf: str) -> Path | None:
     return None
 
 
+def _build_state(source: Path, manifest: dict[str, str], module: str) -> tuple[str, Path | None]:
+    """``("compiled", file)`` when a build of this very source is beside it, else ``("missing",
+    None)`` (no build, or none recorded) or ``("stale", None)`` (built from another source)."""
+    compiled = _compiled_file(source.parent, source.stem)
+    if compiled is None or module not in manifest:
+        return "missing", None
+    if manifest[module] != source_digest(source):
+        return "stale", None
+    return "compiled", compiled
+
+
 class _Finder(importlib.abc.MetaPathFinder):
     """Resolves the accelerated modules to their compiled file or their source, never to a stale build."""
 
@@ -105,7 +116,6 @@ class _Finder(importlib.abc.MetaPathFinder):
         self._root = root
         self._use_compiled = enabled()
         self._manifest = _manifest(root) if self._use_compiled else {}
-        self.loaded: dict[str, str] = {}
 
     def find_spec(
         self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
@@ -114,22 +124,12 @@ class _Finder(importlib.abc.MetaPathFinder):
             return None
         source = source_path(self._root, fullname)
         if not source.is_file():
-            return None
-        compiled = self._current_build(fullname, source)
+            return None  # not this installation's layout (a zip, say): Python's own finders decide
+        compiled = _build_state(source, self._manifest, fullname)[1] if self._use_compiled else None
         if compiled is not None:
-            self.loaded[fullname] = "compiled"
             loader = importlib.machinery.ExtensionFileLoader(fullname, str(compiled))
             return importlib.util.spec_from_file_location(fullname, compiled, loader=loader)
-        self.loaded[fullname] = "python"
         return importlib.util.spec_from_file_location(fullname, source)
-
-    def _current_build(self, fullname: str, source: Path) -> Path | None:
-        if not self._use_compiled or fullname not in self._manifest:
-            return None
-        compiled = _compiled_file(source.parent, source.stem)
-        if compiled is None or self._manifest[fullname] != source_digest(source):
-            return None
-        return compiled
 
 
 _MODULE_SET = frozenset(MODULES)
@@ -147,25 +147,15 @@ def install() -> None:
 def status() -> dict[str, str]:
     """Per accelerated module: ``compiled``, ``python`` (fallback), ``stale`` (a build of another
     source: the ``.py`` runs) or ``missing`` (no build), for what this process runs or would run."""
+    if not enabled():
+        return dict.fromkeys(MODULES, "python")
     root = _package_root()
     manifest = _manifest(root)
-    result: dict[str, str] = {}
-    for module in MODULES:
-        source = source_path(root, module)
-        compiled = _compiled_file(source.parent, source.stem)
-        if not enabled():
-            result[module] = "python"
-        elif compiled is None or module not in manifest:
-            result[module] = "missing"
-        elif manifest[module] != source_digest(source):
-            result[module] = "stale"
-        else:
-            result[module] = "compiled"
-    return result
+    return {module: _build_state(source_path(root, module), manifest, module)[0] for module in MODULES}
 
 
 def summary() -> str:
-    """One line for logs and ``overlaybd version``: how many hot modules run compiled."""
+    """One line for ``overlaybd --version`` and the benches: how many hot modules run compiled."""
     states = status()
     compiled = sum(1 for state in states.values() if state == "compiled")
     if not enabled():
@@ -177,7 +167,7 @@ def summary() -> str:
 
 
 def report(require: bool = False) -> int:
-    """Print the state of every module (``overlaybd --accel``); with ``require``, exit status 1 unless
+    """Print the state of every module (``overlaybd --accelerator``); with ``require``, exit status 1 unless
     every one runs compiled (CI uses it so a broken build cannot pass as the fallback)."""
     states = status()
     print(summary())

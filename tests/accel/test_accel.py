@@ -162,3 +162,26 @@ def test_no_compiler_installs_pure_python_with_the_same_output(tmp_path: Path) -
         assert done.returncode == 0, done.stderr
         blobs.append(out_blob.read_bytes())
     assert blobs[0] == blobs[1]
+
+
+def test_a_failed_rebuild_never_records_an_older_build(tmp_path: Path) -> None:
+    """An in-place rebuild whose compiles fail (no compiler any more) keeps the old ``.so`` files
+    on disk but records none of them: every module runs its current source."""
+    repo = PACKAGE_DIR.parents[1]
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "setup.py", "README.md"):
+        shutil.copy2(repo / name, src / name)
+    shutil.copytree(repo / "provider", src / "provider", ignore=shutil.ignore_patterns("__pycache__"))
+    edited = src / "provider" / "overlaybd_provider" / "ext4" / "inode.py"
+    edited.write_text(edited.read_text() + "\nEDITED_AFTER_THE_BUILD = True\n")
+    no_cc = {"CC": "/bin/false", "CXX": "/bin/false", "LDSHARED": "/bin/false"}
+    done = subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"], cwd=src, capture_output=True,
+                          text=True, env=_env("1", **no_cc), timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert list((src / "provider" / "overlaybd_provider" / "ext4").glob("inode.*.so"))  # the old build is there
+    code = ("import overlaybd_provider.ext4.inode as i; from overlaybd_provider import accel; "
+            "print(i.EDITED_AFTER_THE_BUILD, sorted(set(accel.status().values())))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env=_env("1", PYTHONPATH=str(src / "provider"))).stdout.split(maxsplit=1)
+    assert out == ["True", "['missing']\n"]
