@@ -15,7 +15,6 @@ library: ``setup.py`` loads it by path to learn the module list.
 from __future__ import annotations
 
 import hashlib
-import importlib.abc
 import importlib.machinery
 import importlib.util
 import json
@@ -109,8 +108,10 @@ def _build_state(source: Path, manifest: dict[str, str], module: str) -> tuple[s
     return "compiled", compiled
 
 
-class _Finder(importlib.abc.MetaPathFinder):
-    """Resolves the accelerated modules to their compiled file or their source, never to a stale build."""
+class _Finder:
+    """A ``sys.meta_path`` finder (any object with ``find_spec``: ``importlib.abc`` would cost every
+    process 5 ms of imports) that resolves the accelerated modules to their compiled file or their
+    source, never to a stale build."""
 
     def __init__(self, root: Path) -> None:
         self._root = root
