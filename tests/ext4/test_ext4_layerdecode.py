@@ -251,3 +251,28 @@ def test_a_regular_file_is_read_by_the_child_itself(tmp_path, make, kind):
             while stream.read(1 << 20):
                 pass
         stream.close()
+
+
+def test_a_wrapped_file_is_still_read_through_its_wrapper(tmp_path):
+    """A file object that checks what passes through it (a digest, say) is never bypassed: only a
+    plain open() file is handed to the child."""
+
+    class Counting(io.BufferedReader):
+        seen = 0
+
+        def read(self, n=-1):
+            data = super().read(n)
+            Counting.seen += len(data)
+            return data
+
+    path = tmp_path / "layer.gz"
+    data = _gzip_members()
+    path.write_bytes(data)
+    with Counting(io.FileIO(path, "rb")) as f:
+        stream, kind = decompressed(f, worker=True)
+        assert stream._feeder is not None
+        out = bytearray()
+        while piece := stream.read(1 << 20):
+            out += piece
+        stream.close()
+    assert kind == "gzip" and bytes(out) == RAW and Counting.seen == len(data)

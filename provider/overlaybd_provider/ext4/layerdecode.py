@@ -344,7 +344,11 @@ def _use_worker(src: BinaryIO) -> bool:
 
 
 def _regular_file_fd(src: BinaryIO) -> int | None:
-    """The descriptor of ``src`` when it is a seekable regular file the child can read itself."""
+    """The descriptor of ``src`` when it is a plain ``open(path, "rb")`` of a regular file, which the
+    child can read itself. Anything else (a wrapper that checks a digest as it is read, say) is fed
+    through the pipe, so that every byte still passes through it."""
+    if type(src) not in (io.BufferedReader, io.FileIO):
+        return None
     try:
         fd = src.fileno()
         src.tell()
