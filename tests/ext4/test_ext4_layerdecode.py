@@ -276,3 +276,44 @@ def test_a_wrapped_file_is_still_read_through_its_wrapper(tmp_path):
             out += piece
         stream.close()
     assert kind == "gzip" and bytes(out) == RAW and Counting.seen == len(data)
+
+
+@pytest.mark.parametrize("make,kind", [(_gzip_members, "gzip"), (_zstd_frames, "zstd")])
+def test_a_decode_started_ahead_spools_the_same_stream(tmp_path, make, kind, monkeypatch):
+    """``start_decode``: the child reads the file and spools the tar while nobody reads it; the
+    build reads the same bytes and digest later, errors are the same one line, and closing the
+    stream removes the spool."""
+    import hashlib
+    import time
+
+    monkeypatch.setenv("OVERLAYBD_DECODE_WORKER", "1")
+    path = tmp_path / "layer.blob"
+    path.write_bytes(make())
+    job = layerdecode.start_decode(path, digest=True, spool_dir=str(tmp_path))
+    assert job is not None and job.kind == kind
+    (spool_dir,) = tmp_path.glob("layerdecode-*")
+    deadline = time.monotonic() + 30
+    while (spool_dir / "tar").stat().st_size < len(RAW) and time.monotonic() < deadline:
+        time.sleep(0.01)  # nothing reads it: the child runs ahead on its own
+    assert (spool_dir / "tar").stat().st_size == len(RAW)
+    with open(path, "rb") as src:
+        stream, got = decompressed(src, digest=True, job=job)
+        out = bytearray()
+        while piece := stream.read(300_001):
+            out += piece
+        assert src.tell() == 0  # the build's own handle was not read
+    assert (got, bytes(out)) == (kind, RAW)
+    assert layerdecode.content_digest(stream) == "sha256:" + hashlib.sha256(RAW).hexdigest()
+    stream.close()
+    assert not spool_dir.exists()
+    path.write_bytes(make()[:-5000])
+    job = layerdecode.start_decode(path, digest=True, spool_dir=str(tmp_path))
+    with pytest.raises(LayerTarError, match=f"{kind} stream is truncated"):
+        while job.read(1 << 20):
+            pass
+    job.close()
+    plain = tmp_path / "plain.tar"
+    plain.write_bytes(RAW)
+    assert layerdecode.start_decode(plain, digest=True, spool_dir=str(tmp_path)) is None  # nothing to decode
+    monkeypatch.setenv("OVERLAYBD_DECODE_WORKER", "0")
+    assert layerdecode.start_decode(path, digest=True, spool_dir=str(tmp_path)) is None

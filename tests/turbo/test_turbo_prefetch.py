@@ -1,6 +1,7 @@
-"""The TurboOCI inflate run ahead of the builds (``engine.turbo.prefetch``) and its spooled child
-(``formats.gzworker``): same image as the in-process inflate, errors unchanged, bounded children
-and spool disk, nothing left behind."""
+"""The inflates run ahead of the builds (``engine.transfer.prefetch``) and their spooled children
+(``formats.gzworker`` for TurboOCI layers, ``ext4.layerdecode.start_decode`` for native ones): same
+image as the in-process inflate, errors unchanged, bounded children and spool disk, nothing left
+behind."""
 
 from __future__ import annotations
 
@@ -21,8 +22,8 @@ import requests
 from overlaybd_provider.engine.convert import convert_image
 from overlaybd_provider.engine.options import ConvertOptions
 from overlaybd_provider.engine.plan.model import LayerPlan
+from overlaybd_provider.engine.transfer.prefetch import InflatePrefetch
 from overlaybd_provider.engine.transfer.workspace import Workspace
-from overlaybd_provider.engine.turbo.prefetch import InflatePrefetch
 from overlaybd_provider.ext4.tarstream import ForwardReader, open_tar_stream
 from overlaybd_provider.formats.gzworker import start_inflate
 from overlaybd_provider.oci.store import open_store
@@ -31,7 +32,7 @@ from support.registry import push_layout
 
 from .imagesrc import OCI_GZIP, OCI_TAR, feature_tars, write_layout
 
-PREFETCH_LOG = "overlaybd_provider.engine.turbo.prefetch"
+PREFETCH_LOG = "overlaybd_provider.engine.transfer.prefetch"
 
 
 def _gzworker_children(under: Path | None = None) -> list[str]:
@@ -255,16 +256,20 @@ def test_both_formats_with_inflates_ahead_equal_the_in_process_run(tmp_path: Pat
     assert _gzworker_children() == []
 
 
-def test_a_full_spool_disk_is_a_retryable_storage_error(tmp_path: Path, small_fs, monkeypatch) -> None:
+@pytest.mark.parametrize("kind", ["turbo-inflate", "native-decode"])
+def test_a_full_spool_disk_is_a_retryable_storage_error(tmp_path: Path, small_fs, monkeypatch, kind: str) -> None:
     """The child's ENOSPC on the spool reaches the build as StorageError (one line, retryable: space
     may be freed), not as a corrupt source; nothing is left on the full disk."""
     from overlaybd_provider.errors import StorageError
+    from overlaybd_provider.ext4.layerdecode import start_decode
 
     monkeypatch.setenv("OVERLAYBD_GZ_WORKER", "1")
+    monkeypatch.setenv("OVERLAYBD_DECODE_WORKER", "1")
     full = small_fs("1m")
     src = tmp_path / "layer.tar.gz"
     src.write_bytes(gzip.compress(_one_member_tar(4 << 20), compresslevel=1, mtime=0))
-    job = start_inflate(src, name="layer", hash_output=True, spool_dir=str(full))
+    job = (start_inflate(src, name="layer", hash_output=True, spool_dir=str(full)) if kind == "turbo-inflate"
+           else start_decode(src, digest=True, spool_dir=str(full)))
     assert job is not None
     try:
         with pytest.raises(StorageError, match="no space left on device") as info:
@@ -298,3 +303,68 @@ def test_the_images_of_a_run_share_the_slots(tmp_path: Path, monkeypatch) -> Non
         first.close()
         second.close()
     assert not list(ws.root.rglob("gzworker-*"))
+
+
+# -- native layers: the gzip/zstd decode started ahead (ext4.layerdecode.start_decode) -------------
+
+def _native_image(tmp_path: Path, registry, repo: str, *, corrupt: int | None = None) -> str:
+    from .imagesrc import OCI_ZSTD
+
+    tars = [*feature_tars(), _one_member_tar(5 << 20)]
+    layout = tmp_path / f"src-{repo.replace('/', '_')}"
+    write_layout(layout, "v1", tars, [OCI_GZIP, OCI_ZSTD, OCI_GZIP, OCI_GZIP])
+    if corrupt is not None:
+        _corrupt_layer(layout, corrupt)
+    ref = registry.ref(repo, "v1")
+    push_layout(layout, ref, registry.options())
+    return ref
+
+
+def _convert_native(registry, src: str, dst: str) -> dict:
+    opts = ConvertOptions(blob_cache_max_bytes=0)
+    return convert_image(src, dst, opts, src_registry=registry.options(), dst_registry=registry.options()).to_json()
+
+
+def test_native_layers_decoded_ahead_give_the_in_process_image(tmp_path: Path, registry, registry_repo,
+                                                                monkeypatch, caplog) -> None:
+    """A native conversion decodes every gzip and zstd source ahead of its build (forced here: the
+    test layers are small) and writes the image of the in-process decode, byte for byte."""
+    src = _native_image(tmp_path, registry, registry_repo)
+    monkeypatch.setenv("OVERLAYBD_DECODE_WORKER", "0")
+    reference = _convert_native(registry, src, registry.ref(f"{registry_repo}-inproc", "v1"))
+    monkeypatch.setenv("OVERLAYBD_DECODE_WORKER", "1")
+    caplog.set_level(logging.DEBUG, logger=PREFETCH_LOG)
+    dst = registry.ref(f"{registry_repo}-ahead", "v1")
+    report = _convert_native(registry, src, dst)
+    started = [r.getMessage() for r in caplog.records if r.name == PREFETCH_LOG and "started ahead" in r.getMessage()]
+    assert len(started) == 4, started
+    assert report["manifests"][0]["digest"] == reference["manifests"][0]["digest"]
+    assert _manifest_digest(registry, dst) == reference["manifests"][0]["digest"]
+    assert _gzworker_children() == []
+
+
+@pytest.mark.parametrize("ahead", ["1", "0"])
+def test_native_corrupt_layer_decoded_ahead_is_one_line_and_nothing_tagged(tmp_path: Path, registry,
+                                                                           registry_repo, cli, monkeypatch,
+                                                                           ahead: str) -> None:
+    """Layer 2's corrupt deflate data, found by its decode started ahead (or, for comparison, by the
+    build's own in-process decode): one error line naming that layer, exit 2, no tag, no child and
+    no spool left."""
+    monkeypatch.setenv("OVERLAYBD_DECODE_WORKER", ahead)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))
+    src = _native_image(tmp_path, registry, registry_repo, corrupt=2)
+    dst_repo = f"{registry_repo}-bad"
+    proc = cli("convert", "--db-url", "none", "--blob-cache", "none", "--plain-http", src, registry.ref(dst_repo, "v1"))
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("overlaybd: error: ")]
+    assert len(errors) == 1, proc.stderr
+    assert "layer 2" in errors[0] and "corrupt gzip" in errors[0], errors[0]
+    r = requests.get(f"{registry.url}/v2/{dst_repo}/manifests/v1", timeout=10,
+                     headers={"Accept": "application/vnd.oci.image.manifest.v1+json"})
+    assert r.status_code == 404
+    check = subprocess.run(["pgrep", "-f", "overlaybd_provider.ext4.layerdecode"], capture_output=True, text=True)
+    assert check.stdout.split() == []
+    assert list(scratch.iterdir()) == []

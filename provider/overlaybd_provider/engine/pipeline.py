@@ -33,9 +33,10 @@ from overlaybd_provider.engine.report import Progress, emit
 from overlaybd_provider.engine.transfer import layerops, publish
 from overlaybd_provider.engine.transfer.blobcache import BlobCache
 from overlaybd_provider.engine.transfer.endpoint import Endpoint
+from overlaybd_provider.engine.transfer.prefetch import InflatePrefetch
 from overlaybd_provider.engine.transfer.workspace import Workspace
 from overlaybd_provider.engine.turbo.build import build_turbo_layer
-from overlaybd_provider.engine.turbo.prefetch import InflatePrefetch
+from overlaybd_provider.ext4.layerdecode import DecodeJob
 from overlaybd_provider.formats.gzworker import InflateJob
 
 __all__ = ["DOWNLOADS_PER_IMAGE", "Pipeline", "run_images", "run_pairs"]
@@ -107,14 +108,15 @@ class Pipeline:
         return {layer.index: pool.submit(run, layer, fetch, i == 0) for i, (layer, fetch) in enumerate(jobs)}
 
     def _prefetch(self, image: ImagePlan, *downloads: dict[int, Future[int]]) -> InflatePrefetch:
-        """The inflates of ``image``'s TurboOCI layers to build, each started once its source
+        """The inflates of ``image``'s compressed layers to build, each started once its source
         (any of ``downloads``: the native and the TurboOCI image of one run share it) is here."""
         todo = [layer for layer in image.layers if self._to_build(layer) and self.ws.blob_info(layer) is None]
         sources: dict[int, Future[int]] = {}
         for d in downloads:
             for index, future in d.items():
                 sources.setdefault(index, future)
-        return InflatePrefetch(self.ws, [layer for layer in todo if layer.index in sources], sources)
+        return InflatePrefetch(self.ws, [layer for layer in todo if layer.index in sources], sources,
+                               native=not self.plan.turbo)
 
     def _to_build(self, layer: LayerPlan) -> bool:
         return layer.action == "build" and layer.chain_id not in self.finished
@@ -145,7 +147,7 @@ class Pipeline:
         with (ThreadPoolExecutor(DOWNLOADS_PER_IMAGE, thread_name_prefix="obd-fetch") as fetcher,
               ThreadPoolExecutor(1, thread_name_prefix="obd-push") as uploader):
             downloads = self.start_downloads(fetcher, image)
-            prefetch = self._prefetch(image, downloads) if self.plan.turbo else None
+            prefetch = self._prefetch(image, downloads)
             pending: Future[None] | None = None
             try:
                 for layer in image.layers:
@@ -325,8 +327,9 @@ class Pipeline:
                 with _inflate_ahead(prefetch, layer) as job:
                     result = build_turbo_layer(ws, image, layer, self.options, cache=self.cache, inflate=job)
             else:  # a TurboOCI twin may still need the source
-                result = layerops.build_layer(ws, image, layer, self.options, cache=self.cache,
-                                              keep_source=self.twin is not None)
+                with _inflate_ahead(prefetch, layer) as job:
+                    result = layerops.build_layer(ws, image, layer, self.options, cache=self.cache,
+                                                  keep_source=self.twin is not None, decode=job)  # type: ignore[arg-type]
             layer.bytes_in += result.bytes_in
             layer.bytes_out = result.bytes_out
             layer.seconds += result.seconds
@@ -353,7 +356,7 @@ class Pipeline:
 
 
 def _inflate_ahead(prefetch: InflatePrefetch | None, layer: LayerPlan
-                   ) -> contextlib.AbstractContextManager[InflateJob | None]:
+                   ) -> contextlib.AbstractContextManager[InflateJob | DecodeJob | None]:
     """The inflate of ``layer``'s source started ahead, if any, for the duration of its build."""
     return prefetch.using(layer) if prefetch is not None else contextlib.nullcontext()
 

@@ -26,7 +26,7 @@ from overlaybd_provider.ext4.blockdev import LowerStack, OverlayBlockDevice
 from overlaybd_provider.ext4.changeset import ApplyStats, apply_tar
 from overlaybd_provider.ext4.errors import DiffIdMismatchError, Ext4Error
 from overlaybd_provider.ext4.fs import Filesystem
-from overlaybd_provider.ext4.layerdecode import content_digest
+from overlaybd_provider.ext4.layerdecode import DecodeJob, content_digest
 from overlaybd_provider.ext4.layout import BLOCK_SIZE, SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE, Superblock
 from overlaybd_provider.ext4.mkfs import MkfsOptions, mkfs
 from overlaybd_provider.ext4.tarstream import ForwardReader, decompressed, open_tar_stream
@@ -92,6 +92,8 @@ class TarInput:
     tar: BinaryIO
     diff_id: str | None = None
     source_digest: str | None = None
+    #: the decode of ``tar``'s file, started ahead (``layerdecode.start_decode``); the caller closes it
+    job: DecodeJob | None = None
 
 
 def apply_to_stack(lower: LowerStack | None, tar: BinaryIO, out: BinaryIO, *, vsize_gb: int = 64,
@@ -198,7 +200,8 @@ def apply_tars_to_stack(lower: LowerStack | None, tars: Sequence[TarInput], out:
 def _apply_one(fs: Filesystem, item: TarInput, position: int | None) -> tuple[ApplyStats, int, str]:
     """One tar onto ``fs`` (its own layer state), drained and checked against its diff_id."""
     tar = item.tar
-    stream, compression = decompressed(tar, digest=item.diff_id is not None, plain_digest=item.source_digest)
+    stream, compression = decompressed(tar, digest=item.diff_id is not None, plain_digest=item.source_digest,
+                                       job=item.job)
     try:
         counter = ForwardReader(stream)
         tf = open_tar_stream(counter)
@@ -257,10 +260,10 @@ def apply_layers(lowers: Sequence[str | os.PathLike[str]], tars: Sequence[TarSpe
                  out_path: str | os.PathLike[str], *, vsize_gb: int = 64, algorithm: str = "lz4",
                  block_size_kb: int = 4, raw: bool = False, uuid: str | None = None,
                  parent_uuid: str | None = None, mkfs_options: MkfsOptions | str | None = None,
-                 trim: bool = False) -> ApplyResult:
+                 trim: bool = False, decode_jobs: Sequence[DecodeJob | None] = ()) -> ApplyResult:
     """Apply several layer tars, bottom first, onto one upper layer over the lower blobs and write
     it to ``out_path`` (one tar: :func:`apply_layer`; several: a flattened layer, ``trim``: see
-    :func:`apply_tars_to_stack`)."""
+    :func:`apply_tars_to_stack`). ``decode_jobs``: per tar, its decode started ahead (or None)."""
     from overlaybd_provider.formats.stack import LayerStack
     from overlaybd_provider.formats.turbo import open_layer_spec
 
@@ -272,7 +275,8 @@ def apply_layers(lowers: Sequence[str | os.PathLike[str]], tars: Sequence[TarSpe
         stack = LayerStack([lf.lsmt for lf in layers], check_chain=False) if layers else None
         with contextlib.ExitStack() as stack_ctx:
             inputs = []
-            for tar_path_or_fileobj, diff_id, source_digest in tars:
+            jobs = list(decode_jobs) + [None] * (len(tars) - len(decode_jobs))
+            for (tar_path_or_fileobj, diff_id, source_digest), job in zip(tars, jobs, strict=True):
                 if isinstance(tar_path_or_fileobj, (str, os.PathLike)):
                     try:
                         tar = stack_ctx.enter_context(open(tar_path_or_fileobj, "rb"))
@@ -280,7 +284,7 @@ def apply_layers(lowers: Sequence[str | os.PathLike[str]], tars: Sequence[TarSpe
                         raise Ext4Error(f"{tar_path_or_fileobj}: cannot open: {exc.strerror}") from None
                 else:
                     tar = tar_path_or_fileobj
-                inputs.append(TarInput(tar, diff_id, source_digest))
+                inputs.append(TarInput(tar, diff_id, source_digest, job))
             # the output, its temporary name and the spool files all live in out_path's directory:
             # a full disk there (or in the compressor process writing the spool) names out_path
             with writing(out_path):

@@ -27,6 +27,7 @@ import subprocess
 import sys
 import threading
 import zlib
+from collections.abc import Callable
 from typing import BinaryIO
 
 from isal import isal_zlib
@@ -36,11 +37,13 @@ try:  # the standard library's bounded-output zstd decoder (3.14), else its back
 except ImportError:
     from backports import zstd as _zstd  # type: ignore[no-redef]
 
+from overlaybd_provider.errors import StorageError
 from overlaybd_provider.ext4.errors import LayerTarError
+from overlaybd_provider.formats.spoolchild import SpoolChild, serve
 from overlaybd_provider.malloc import keep_large_buffers
 from overlaybd_provider.workers import env_choice, module_process, spare_core
 
-__all__ = ["GZIP_MAGIC", "ZSTD_MAGIC", "content_digest", "decompressed"]
+__all__ = ["GZIP_MAGIC", "ZSTD_MAGIC", "DecodeJob", "content_digest", "decompressed", "start_decode"]
 
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -330,6 +333,51 @@ class _ProcessDecoder(io.RawIOBase):
         super().close()
 
 
+class _SpoolDecoder(SpoolChild):
+    """A decode started ahead of its build (:func:`start_decode`): the child reads the source file
+    itself and writes the tar to a spool file (``formats.spoolchild``), so it runs as fast as its
+    core allows while the layers below are still being built, and the build reads the spool."""
+
+    def __init__(self, src_fd: int, kind: str, *, digest: bool, spool_dir: str | None) -> None:
+        self.kind = kind
+        self.content_digest: str | None = None
+        flags = [kind, "--digest"] if digest else [kind]
+        super().__init__(__name__, lambda _dir, spool: [*flags, "--spool", spool], src_fd, spool_dir=spool_dir,
+                         prefix="layerdecode-", spool_name="tar")
+
+    def _describe(self) -> str:
+        return f"{self.kind} decoder"
+
+    def _verdict(self, doc: dict, status: int) -> None:
+        if status or not doc.get("ok"):
+            message = doc.get("message") or f"{self.kind} decoder failed"
+            if doc.get("kind") == "StorageError":
+                raise StorageError(message, errno_=doc.get("errno"))
+            raise LayerTarError(message)
+        if doc.get("size") != self._avail:
+            raise LayerTarError(f"{self.kind} decoder: {self._avail} bytes spooled, {doc.get('size')} decoded")
+        self.content_digest = doc.get("content_digest")
+
+
+#: a layer's decode started ahead of its build (:func:`start_decode`), handed to :func:`decompressed`
+DecodeJob = _SpoolDecoder
+
+
+def start_decode(path: str | os.PathLike[str], *, digest: bool, spool_dir: str | None) -> DecodeJob | None:
+    """Start decoding gzip or zstd file ``path`` in a child now, to be read later by its build
+    (``decompressed(..., job=)``); None for a plain tar, or where the child decoder is not used."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+            kind = "gzip" if head[:2] == GZIP_MAGIC else "zstd" if head == ZSTD_MAGIC else "none"
+            if kind == "none" or not _use_worker(f):
+                return None
+            os.lseek(f.fileno(), 0, os.SEEK_SET)
+            return _SpoolDecoder(f.fileno(), kind, digest=digest, spool_dir=spool_dir)
+    except OSError:
+        return None  # the build opens the source itself and reports what is wrong with it
+
+
 def _use_worker(src: BinaryIO) -> bool:
     forced = env_choice("OVERLAYBD_DECODE_WORKER")
     if forced is not None:
@@ -361,13 +409,16 @@ def _regular_file_fd(src: BinaryIO) -> int | None:
 
 
 def decompressed(src: BinaryIO, *, worker: bool | None = None, digest: bool = False,
-                 plain_digest: str | None = None) -> tuple[BinaryIO, str]:
+                 plain_digest: str | None = None, job: DecodeJob | None = None) -> tuple[BinaryIO, str]:
     """The uncompressed tar stream of ``src`` and the detected compression (``none``, ``gzip``
     or ``zstd``). ``worker``: decode in a child process (default: on multi-core POSIX).
 
     ``digest``: hash the uncompressed bytes (read the result with :func:`content_digest` at the
     end). ``plain_digest``: the caller's verified digest of ``src`` itself, which *is* the
-    content digest when ``src`` turns out to be uncompressed (no second hash of the data)."""
+    content digest when ``src`` turns out to be uncompressed (no second hash of the data).
+    ``job``: the same file's decode, started ahead by :func:`start_decode` (``src`` is not read)."""
+    if job is not None:
+        return job, job.kind  # type: ignore[return-value]
     head = src.read(4)
     stream: BinaryIO = _Peek(head, src)  # type: ignore[assignment]
     kind = "gzip" if head[:2] == GZIP_MAGIC else "zstd" if head == ZSTD_MAGIC else "none"
@@ -386,13 +437,33 @@ def decompressed(src: BinaryIO, *, worker: bool | None = None, digest: bool = Fa
     return _DECODERS[kind](stream, digest=digest), kind  # type: ignore[return-value]
 
 
+def _spool_main(decoder: _Decoder, spool_path: str) -> int:
+    """Child side of :class:`_SpoolDecoder` (``formats.spoolchild.serve``)."""
+
+    def produce(emit: Callable[[bytes], None]) -> dict:
+        total = 0
+        while data := decoder.read(_CHUNK):
+            emit(data)
+            total += len(data)
+        return {"size": total, "content_digest": decoder.content_digest}
+
+    return serve(spool_path, produce, (LayerTarError,), fallback="LayerTarError", who=f"{decoder.kind} decoder",
+                 spooling="spooling the decoded tar")
+
+
 def _main(argv: list[str]) -> int:
-    """Child side: decode stdin to stdout; one line on stderr and status 1 on bad input."""
+    """Child side: decode stdin to stdout (or ``--spool PATH``); on bad input one line on stderr
+    and status 1."""
+    spool = None
+    if len(argv) >= 2 and argv[-2] == "--spool":
+        spool, argv = argv[-1], argv[:-2]
     if not 1 <= len(argv) <= 2 or argv[0] not in _DECODERS or argv[1:] not in ([], ["--digest"]):
-        print(f"usage: python -m {__name__} gzip|zstd [--digest]", file=sys.stderr)
+        print(f"usage: python -m {__name__} gzip|zstd [--digest] [--spool PATH]", file=sys.stderr)
         return 2
     keep_large_buffers()
     decoder = _DECODERS[argv[0]](io.FileIO(0, closefd=False), digest=len(argv) == 2)  # type: ignore[arg-type]
+    if spool is not None:
+        return _spool_main(decoder, spool)
     try:
         while data := decoder.read(_CHUNK):
             view = memoryview(data)

@@ -12,13 +12,17 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from overlaybd_provider.engine.errors import EngineError
+from overlaybd_provider.engine.errors import EngineError, relabel_layer_error
 from overlaybd_provider.engine.options import ConvertOptions
 from overlaybd_provider.engine.plan.model import ImagePlan, LayerPlan
 from overlaybd_provider.engine.transfer.blobcache import BlobCache
 from overlaybd_provider.engine.transfer.endpoint import Endpoint
 from overlaybd_provider.engine.transfer.workspace import Workspace
+
+if TYPE_CHECKING:
+    from overlaybd_provider.ext4.layerdecode import DecodeJob
 
 __all__ = ["LayerStats", "build_layer", "fetch_reused", "fetch_source", "lower_files", "sources_present"]
 
@@ -107,13 +111,15 @@ def lower_files(ws: Workspace, image: ImagePlan, upto: int) -> list[Path | str]:
 
 
 def build_layer(ws: Workspace, image: ImagePlan, layer: LayerPlan, options: ConvertOptions,
-                cache: BlobCache | None = None, keep_source: bool = False) -> LayerStats:
+                cache: BlobCache | None = None, keep_source: bool = False, decode: DecodeJob | None = None
+                ) -> LayerStats:
     """Apply the source tar on the lowers straight into the finished layer blob (one pass), the
     content checked against the layer's diff_id; the blob goes into the blob ``cache``. A
     flattened layer applies every source tar, each checked against its own diff_id, onto one
-    upper layer sealed once."""
+    upper layer sealed once. ``decode``: the source's decode, started ahead
+    (``engine.transfer.prefetch``; the caller closes it)."""
     from overlaybd_provider.ext4.apply import apply_layers
-    from overlaybd_provider.ext4.errors import DiffIdMismatchError
+    from overlaybd_provider.ext4.errors import DiffIdMismatchError, Ext4Error
     from overlaybd_provider.ext4.mkfs import MkfsOptions
 
     started = time.monotonic()
@@ -133,10 +139,15 @@ def build_layer(ws: Workspace, image: ImagePlan, layer: LayerPlan, options: Conv
             vsize_gb=options.vsize_gb, algorithm=options.algorithm, block_size_kb=options.block_size_kb,
             uuid=layer.uuid, parent_uuid=layer.parent_uuid or None, mkfs_options=mkfs,
             trim=layer.parts is not None and not lowers,  # flattened: dead blocks left out
+            decode_jobs=[decode] if decode is not None and layer.parts is None else (),
         )  # writes a temporary name and renames it on success
     except DiffIdMismatchError as exc:
         # The config lied about this layer (dedup poisoning, docs/dedup.md): nothing was written.
         raise DiffIdMismatchError(f"[{image.label}] layer {layer.index}: {exc}") from None
+    except Ext4Error as exc:  # a corrupt or unsupported source (gzip data, tar, entries): nothing written
+        if layer.parts is not None:
+            raise  # flattened: the error names the source layer already
+        raise relabel_layer_error(exc, image, layer, sources[0]) from None
     stats = LayerStats(bytes_in=sum(p.stat().st_size for p in sources), bytes_out=result.size,
                        seconds=time.monotonic() - started)
     ws.set_blob_info(layer, result.digest, result.size)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import time
 
+from overlaybd_provider.engine.errors import relabel_layer_error
 from overlaybd_provider.engine.options import ConvertOptions
 from overlaybd_provider.engine.plan.model import ImagePlan, LayerPlan
 from overlaybd_provider.engine.transfer.blobcache import BlobCache
@@ -25,19 +26,10 @@ def set_info(ws: Workspace, layer: LayerPlan, digest: str, size: int) -> None:
                                              "out_diff_id": layer.out_diff_id})
 
 
-def _relabel(exc: OverlaybdError, image: ImagePlan, layer: LayerPlan, source) -> OverlaybdError:
-    """The same error naming the layer and its source digest instead of the scratch path."""
-    why = str(exc).replace(f"{source}: ", "").replace(str(source), layer.source_digest)
-    try:
-        return type(exc)(f"[{image.label}] layer {layer.index} ({layer.source_digest[:19]}): {why}")
-    except TypeError:
-        return exc
-
-
 def build_turbo_layer(ws: Workspace, image: ImagePlan, layer: LayerPlan, options: ConvertOptions,
                       cache: BlobCache | None = None, inflate: InflateJob | None = None):
     """The layer's blob in the workspace; its source is kept (TurboOCI lowers above read it).
-    ``inflate``: the source's inflate, started ahead (``engine.turbo.prefetch``); the caller closes it."""
+    ``inflate``: the source's inflate, started ahead (``engine.transfer.prefetch``); the caller closes it."""
     from overlaybd_provider.engine.transfer.layerops import LayerStats, build_layer, lower_files
     from overlaybd_provider.ext4.mkfs import MkfsOptions
     from overlaybd_provider.ext4.turbo import apply_turbo_layer
@@ -61,7 +53,7 @@ def build_turbo_layer(ws: Workspace, image: ImagePlan, layer: LayerPlan, options
         return build_layer(ws, image, layer, options, cache=cache, keep_source=True)
     except OverlaybdError as exc:
         # a lying or corrupt source (digest, size, diff_id, gzip data): nothing written or recorded
-        raise _relabel(exc, image, layer, source) from None
+        raise relabel_layer_error(exc, image, layer, source) from None
     layer.out_diff_id = res.diff_id
     set_info(ws, layer, res.digest, res.size)
     if cache is not None:
@@ -121,7 +113,7 @@ def build_both_layers(ws: Workspace, image: ImagePlan, n: LayerPlan, twin_image:
             log.info("[%s] layer %d: no one-pass build (%s)", image.label, n.index, exc)
             return None
         except OverlaybdError as exc:
-            raise _relabel(exc, image, n, source) from None
+            raise relabel_layer_error(exc, image, n, source) from None
         finally:
             for name in temps:
                 with contextlib.suppress(OSError):

@@ -1,11 +1,12 @@
-"""Inflate the gzip sources of an image's TurboOCI layers ahead of their builds.
+"""Inflate the compressed sources of an image's layers ahead of their builds.
 
-A TurboOCI layer build is mostly the inflate of its source (gzip: one core, strictly sequential
-within a layer), yet the inflate of layer *i+1* does not depend on layer *i*: only the ext4 meta
-does. So as soon as a source is downloaded, its inflate starts in a child process
-(:func:`formats.gzworker.start_inflate`, which spools the tar) while the layers below are still
-being built; the build then reads the spool instead of starting a child of its own. Same bytes
-either way (the build checks the digest, size and diff_id exactly as before).
+A layer build starts with undoing its source's compression (one core, strictly sequential within a
+layer), yet that of layer *i+1* does not depend on layer *i*: only the ext4 part does. So as soon as a
+source is downloaded, its inflate starts in a child process that spools the tar, while the layers
+below are still being built; the build then reads the spool instead of starting a child of its own.
+TurboOCI layers (gzip) use :func:`formats.gzworker.start_inflate` (which also records gzip.meta),
+native layers (gzip or zstd) :func:`ext4.layerdecode.start_decode`. Same bytes either way (the build
+checks the digest, size and diff_id exactly as before).
 
 Inflates ahead are started in layer order, and at most ``limit`` of them are alive at once in the
 whole process (started and not yet finished with by their build; the images of an index share the
@@ -26,6 +27,7 @@ from concurrent.futures import Future
 
 from overlaybd_provider.engine.plan.model import LayerPlan
 from overlaybd_provider.engine.transfer.workspace import Workspace
+from overlaybd_provider.ext4.layerdecode import DecodeJob, start_decode
 from overlaybd_provider.formats.gzworker import InflateJob, start_inflate
 
 __all__ = ["InflatePrefetch", "prefetch_limit"]
@@ -67,19 +69,41 @@ def _gzip_source(layer: LayerPlan) -> bool:
     return "gzip" in (layer.source_media_type or "")
 
 
+def _compressed_source(layer: LayerPlan) -> bool:
+    media_type = layer.source_media_type or ""
+    return "gzip" in media_type or "zstd" in media_type
+
+
+def _wanted(layer: LayerPlan, native: bool) -> bool:
+    """A source whose inflate can start ahead: in a TurboOCI image, a TurboOCI layer's gzip (its
+    build takes an ``InflateJob``); in a native one, a layer's gzip or zstd (one source: a flattened
+    layer's parts are decoded by its build)."""
+    if not native:
+        return layer.kind == "turbo" and _gzip_source(layer)
+    return layer.kind != "turbo" and layer.parts is None and _compressed_source(layer)
+
+
+def _start(ws: Workspace, layer: LayerPlan, spool: str, native: bool) -> InflateJob | DecodeJob | None:
+    source = ws.source_blob(layer)
+    if native:
+        return start_decode(source, digest=layer.diff_id is not None, spool_dir=spool)
+    return start_inflate(source, name=str(source), hash_output=layer.diff_id is not None, spool_dir=spool)
+
+
 class InflatePrefetch:
-    """The inflate children of one image's gzip TurboOCI layers; thread-safe (downloads finish on
+    """The inflate children of one image's compressed layers; thread-safe (downloads finish on
     fetch threads, builds run on the image's thread). ``take`` hands a layer's job to its build,
     ``release`` tells that the build is done with it, ``close`` stops everything not taken."""
 
     def __init__(self, ws: Workspace, layers: Sequence[LayerPlan], downloads: Mapping[int, Future[int]],
-                 *, limit: int | None = None) -> None:
+                 *, limit: int | None = None, native: bool = False) -> None:
         self._ws = ws
-        self._queue = [layer for layer in layers if layer.kind == "turbo" and _gzip_source(layer)]
+        self._native = native  # the jobs are DecodeJobs for native builds, else InflateJobs for TurboOCI ones
+        self._queue = [layer for layer in layers if _wanted(layer, native)]
         self._downloads = {layer.index: downloads.get(layer.index) for layer in self._queue}
         self._limit = limit or prefetch_limit()
         self._lock = threading.Lock()
-        self._jobs: dict[int, InflateJob] = {}
+        self._jobs: dict[int, InflateJob | DecodeJob] = {}
         self._taken: set[int] = set()
         self._alive: set[int] = set()  # layers holding a slot
         self._next = 0
@@ -105,12 +129,10 @@ class InflatePrefetch:
                 if not _SLOTS.try_take(self._limit):
                     return  # a slot's release pumps again
                 self._next += 1
-                source = self._ws.source_blob(layer)
                 spool = self._ws.blob_path(layer).parent
                 with contextlib.suppress(OSError):
                     spool.mkdir(parents=True, exist_ok=True)
-                job = start_inflate(source, name=str(source), hash_output=layer.diff_id is not None,
-                                    spool_dir=str(spool))
+                job = _start(self._ws, layer, str(spool), self._native)
                 if job is None:
                     _SLOTS.give_back()
                     continue
@@ -118,14 +140,14 @@ class InflatePrefetch:
                 self._jobs[layer.index] = job
                 self._alive.add(layer.index)
 
-    def take(self, layer: LayerPlan) -> InflateJob | None:
+    def take(self, layer: LayerPlan) -> InflateJob | DecodeJob | None:
         """The inflate of ``layer``'s source if it was started (the build owns it now), else None;
         either way no inflate is started for it any more. Call :meth:`release` after the build."""
         with self._lock:
             self._taken.add(layer.index)
             return self._jobs.pop(layer.index, None)
 
-    def release(self, layer: LayerPlan, job: InflateJob | None) -> None:
+    def release(self, layer: LayerPlan, job: InflateJob | DecodeJob | None) -> None:
         """The build of ``layer`` is over: its job (closed here if the build did not) no longer
         counts, so the next inflate may start."""
         if job is not None:
@@ -138,7 +160,7 @@ class InflatePrefetch:
                 prefetch._pump()
 
     @contextlib.contextmanager
-    def using(self, layer: LayerPlan) -> Iterator[InflateJob | None]:
+    def using(self, layer: LayerPlan) -> Iterator[InflateJob | DecodeJob | None]:
         """:meth:`take` for the build of ``layer``, and :meth:`release` once it is over."""
         job = self.take(layer)
         try:
