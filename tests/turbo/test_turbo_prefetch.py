@@ -341,6 +341,11 @@ def test_native_layers_decoded_ahead_give_the_in_process_image(tmp_path: Path, r
     assert report["manifests"][0]["digest"] == reference["manifests"][0]["digest"]
     assert _manifest_digest(registry, dst) == reference["manifests"][0]["digest"]
     assert _gzworker_children() == []
+    monkeypatch.setenv("OVERLAYBD_PREFETCH", "0")  # switched off: each build decodes its own source
+    caplog.clear()
+    report = _convert_native(registry, src, registry.ref(f"{registry_repo}-off", "v1"))
+    assert not [r for r in caplog.records if r.name == PREFETCH_LOG and "started ahead" in r.getMessage()]
+    assert report["manifests"][0]["digest"] == reference["manifests"][0]["digest"]
 
 
 @pytest.mark.parametrize("ahead", ["1", "0"])

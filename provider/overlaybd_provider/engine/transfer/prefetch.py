@@ -29,6 +29,7 @@ from overlaybd_provider.engine.plan.model import LayerPlan
 from overlaybd_provider.engine.transfer.workspace import Workspace
 from overlaybd_provider.ext4.layerdecode import DecodeJob, start_decode
 from overlaybd_provider.formats.gzworker import InflateJob, start_inflate
+from overlaybd_provider.workers import env_choice
 
 __all__ = ["InflatePrefetch", "prefetch_limit"]
 
@@ -36,7 +37,10 @@ log = logging.getLogger(__name__)
 
 
 def prefetch_limit() -> int:
-    """Inflates alive at once: the cores, at most 3 (more only adds spool disk)."""
+    """Inflates alive at once: the cores, at most 3 (more only adds spool disk); 0 with
+    ``OVERLAYBD_PREFETCH=0`` (every build inflates its own source, no spool disk)."""
+    if env_choice("OVERLAYBD_PREFETCH") is False:
+        return 0
     return max(1, min(3, os.cpu_count() or 1))
 
 
@@ -101,7 +105,7 @@ class InflatePrefetch:
         self._native = native  # the jobs are DecodeJobs for native builds, else InflateJobs for TurboOCI ones
         self._queue = [layer for layer in layers if _wanted(layer, native)]
         self._downloads = {layer.index: downloads.get(layer.index) for layer in self._queue}
-        self._limit = limit or prefetch_limit()
+        self._limit = prefetch_limit() if limit is None else limit
         self._lock = threading.Lock()
         self._jobs: dict[int, InflateJob | DecodeJob] = {}
         self._taken: set[int] = set()
