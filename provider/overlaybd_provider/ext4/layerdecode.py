@@ -37,7 +37,6 @@ try:  # the standard library's bounded-output zstd decoder (3.14), else its back
 except ImportError:
     from backports import zstd as _zstd  # type: ignore[no-redef]
 
-from overlaybd_provider.errors import StorageError
 from overlaybd_provider.ext4.errors import LayerTarError
 from overlaybd_provider.formats.spoolchild import SpoolChild, serve
 from overlaybd_provider.malloc import keep_large_buffers
@@ -340,22 +339,16 @@ class _SpoolDecoder(SpoolChild):
 
     def __init__(self, src_fd: int, kind: str, *, digest: bool, spool_dir: str | None) -> None:
         self.kind = kind
+        self.what = f"{kind} decoder"
         self.content_digest: str | None = None
         flags = [kind, "--digest"] if digest else [kind]
         super().__init__(__name__, lambda _dir, spool: [*flags, "--spool", spool], src_fd, spool_dir=spool_dir,
                          prefix="layerdecode-", spool_name="tar")
 
-    def _describe(self) -> str:
-        return f"{self.kind} decoder"
+    errors = {"LayerTarError": LayerTarError}
+    failure = LayerTarError
 
-    def _verdict(self, doc: dict, status: int) -> None:
-        if status or not doc.get("ok"):
-            message = doc.get("message") or f"{self.kind} decoder failed"
-            if doc.get("kind") == "StorageError":
-                raise StorageError(message, errno_=doc.get("errno"))
-            raise LayerTarError(message)
-        if doc.get("size") != self._avail:
-            raise LayerTarError(f"{self.kind} decoder: {self._avail} bytes spooled, {doc.get('size')} decoded")
+    def _accept(self, doc: dict) -> None:
         self.content_digest = doc.get("content_digest")
 
 
@@ -363,13 +356,17 @@ class _SpoolDecoder(SpoolChild):
 DecodeJob = _SpoolDecoder
 
 
+def _compression(head: bytes) -> str:
+    """``gzip``, ``zstd`` or ``none``, from a stream's first 4 bytes."""
+    return "gzip" if head[:2] == GZIP_MAGIC else "zstd" if head == ZSTD_MAGIC else "none"
+
+
 def start_decode(path: str | os.PathLike[str], *, digest: bool, spool_dir: str | None) -> DecodeJob | None:
     """Start decoding gzip or zstd file ``path`` in a child now, to be read later by its build
     (``decompressed(..., job=)``); None for a plain tar, or where the child decoder is not used."""
     try:
         with open(path, "rb") as f:
-            head = f.read(4)
-            kind = "gzip" if head[:2] == GZIP_MAGIC else "zstd" if head == ZSTD_MAGIC else "none"
+            kind = _compression(f.read(4))
             if kind == "none" or not _use_worker(f):
                 return None
             os.lseek(f.fileno(), 0, os.SEEK_SET)
@@ -421,7 +418,7 @@ def decompressed(src: BinaryIO, *, worker: bool | None = None, digest: bool = Fa
         return job, job.kind  # type: ignore[return-value]
     head = src.read(4)
     stream: BinaryIO = _Peek(head, src)  # type: ignore[assignment]
-    kind = "gzip" if head[:2] == GZIP_MAGIC else "zstd" if head == ZSTD_MAGIC else "none"
+    kind = _compression(head)
     if kind == "none":
         if digest and plain_digest:
             stream.content_digest = plain_digest  # type: ignore[attr-defined]
@@ -441,11 +438,9 @@ def _spool_main(decoder: _Decoder, spool_path: str) -> int:
     """Child side of :class:`_SpoolDecoder` (``formats.spoolchild.serve``)."""
 
     def produce(emit: Callable[[bytes], None]) -> dict:
-        total = 0
         while data := decoder.read(_CHUNK):
             emit(data)
-            total += len(data)
-        return {"size": total, "content_digest": decoder.content_digest}
+        return {"content_digest": decoder.content_digest}
 
     return serve(spool_path, produce, (LayerTarError,), fallback="LayerTarError", who=f"{decoder.kind} decoder",
                  spooling="spooling the decoded tar")

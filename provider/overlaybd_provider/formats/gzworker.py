@@ -26,7 +26,6 @@ import stat
 import sys
 from typing import Any, BinaryIO
 
-from overlaybd_provider.errors import StorageError
 from overlaybd_provider.formats.gzcheckpoint import CheckpointingGunzip, GzipSourceError, NotTurboCapable
 from overlaybd_provider.formats.gzindex import GzIndexInfo, GzIndexWriter
 from overlaybd_provider.formats.spoolchild import SpoolChild, serve
@@ -77,17 +76,12 @@ class _Worker(SpoolChild):
 
         super().__init__(__name__, args, src_fd, spool_dir=spool_dir, prefix="gzworker-", spool_name="tar")
 
-    def _describe(self) -> str:
-        return "gzip worker"
+    errors = _ERRORS
+    failure = GzipSourceError
+    size_key = "uncompressed_size"
+    what = "gzip worker"
 
-    def _verdict(self, doc: dict[str, Any], status: int) -> None:
-        if status or not doc.get("ok"):
-            message = doc.get("message") or "gzip worker failed"
-            if doc.get("kind") == "StorageError":
-                raise StorageError(message, errno_=doc.get("errno"))
-            raise _ERRORS.get(doc.get("kind", ""), GzipSourceError)(message)
-        if doc["uncompressed_size"] != self._avail:
-            raise GzipSourceError(f"gzip worker: {self._avail} bytes spooled, {doc['uncompressed_size']} inflated")
+    def _accept(self, doc: dict[str, Any]) -> None:
         self._info = doc
 
     def _get(self, key: str) -> Any:

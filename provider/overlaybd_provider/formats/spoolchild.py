@@ -7,7 +7,7 @@ after each chunk, the total so far as an 8-byte count on its stdout; at the end 
 writes one JSON line on stderr: ``{"ok": true, ...}`` with what it measured, or ``{"ok": false,
 "kind": ..., "message": ...}``. Consumed parts of the spool are punched out as the reader passes them
 (the disk it holds stays about what is not read yet), and the spool is deleted when the stream is
-closed. Subclasses say what the verdict means (:meth:`SpoolChild._verdict`).
+closed. Subclasses name the verdict's error classes and keep what it measured (:meth:`SpoolChild._accept`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from overlaybd_provider.errors import storage_error
+from overlaybd_provider.errors import StorageError, storage_error
 from overlaybd_provider.libc import libc
 from overlaybd_provider.workers import module_process
 
@@ -118,9 +118,28 @@ class SpoolChild(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def _verdict(self, doc: dict[str, Any], status: int) -> None:  # pragma: no cover - overridden
-        """Raise the child's error, or keep what it measured (``doc["ok"]`` is true, status 0)."""
-        raise NotImplementedError
+    #: error kinds of the verdict (class names) and the class each raises here; any other: ``failure``
+    errors: dict[str, type[Exception]] = {}
+    failure: type[Exception] = OSError
+    #: the verdict's count of the stream's bytes, checked against what was spooled (None: no such count)
+    size_key: str | None = None
+    #: what the child produces, for the messages ("gzip worker", "zstd decoder")
+    what = "spool child"
+
+    def _verdict(self, doc: dict[str, Any], status: int) -> None:
+        """Raise the child's error (a full disk: ``StorageError``, retryable), or check the stream's
+        size and hand what the child measured to :meth:`_accept`."""
+        if status or not doc.get("ok"):
+            message = doc.get("message") or f"{self.what} failed"
+            if doc.get("kind") == "StorageError":
+                raise StorageError(message, errno_=doc.get("errno"))
+            raise self.errors.get(doc.get("kind", ""), self.failure)(message)
+        if self.size_key is not None and doc.get(self.size_key) != self._avail:
+            raise self.failure(f"{self.what}: {self._avail} bytes spooled, {doc.get(self.size_key)} produced")
+        self._accept(doc)
+
+    def _accept(self, doc: dict[str, Any]) -> None:
+        """Keep what the child measured (its verdict said ok)."""
 
     def _wait_for(self, pos: int) -> None:
         """Block until the child wrote up to ``pos`` or ended (then raise its error, if any)."""
@@ -147,13 +166,10 @@ class SpoolChild(io.RawIOBase):
         try:
             doc = json.loads(last)
         except ValueError:
-            doc = {"ok": False, "message": last or f"{self._describe()} exited with status {status}"}
+            doc = {"ok": False, "message": last or f"{self.what} exited with status {status}"}
         if not isinstance(doc, dict):
             doc = {"ok": False, "message": last}
         self._verdict(doc, status)
-
-    def _describe(self) -> str:
-        return type(self).__name__
 
     def _advance(self, pos: int) -> None:
         self._pos = pos
