@@ -70,7 +70,13 @@ def source_path(root: Path, module: str) -> Path:
 
 
 def source_digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    """sha256 of a module's ``.py`` and, when there is one, of the augmenting ``.pxd`` beside it (its
+    attribute declarations are compiled in too: an edited ``.pxd`` makes the build stale as well)."""
+    digest = hashlib.sha256(path.read_bytes())
+    declarations = path.with_suffix(".pxd")
+    if declarations.is_file():
+        digest.update(b"\0pxd\0" + declarations.read_bytes())
+    return digest.hexdigest()
 
 
 def enabled() -> bool:

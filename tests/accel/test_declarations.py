@@ -1,0 +1,106 @@
+"""The augmenting ``.pxd`` declarations of the accelerator (docs/accelerator.md): each names exactly the
+attributes its class assigns, the compiled classes keep them in slots and still take any other
+attribute, and an edited declaration makes the build stale like an edited source."""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import overlaybd_provider
+import pytest
+from overlaybd_provider import accel
+
+PACKAGE_DIR = Path(overlaybd_provider.__file__).resolve().parent
+_CLASS = re.compile(r"^cdef class (\w+):$")
+_FIELDS = re.compile(r"^\s+cdef public object (.+)$")
+
+
+def declared(pxd: Path) -> dict[str, set[str]]:
+    """Per ``cdef class`` of a ``.pxd``: its ``cdef public object`` names."""
+    classes: dict[str, set[str]] = {}
+    current: set[str] | None = None
+    for line in pxd.read_text().splitlines():
+        if match := _CLASS.match(line):
+            current = classes.setdefault(match.group(1), set())
+        elif (match := _FIELDS.match(line)) and current is not None:
+            current.update(name.strip() for name in match.group(1).split(","))
+    return classes
+
+
+def assigned(source: Path, name: str) -> set[str]:
+    """The ``self.x`` a class assigns anywhere in its body, minus the names its body defines (a method
+    an instance replaces, such as ``Filesystem.meta_block``, lives in ``__dict__``)."""
+    for node in ast.parse(source.read_text()).body:
+        if isinstance(node, ast.ClassDef) and node.name == name:
+            names: set[str] = set()
+            for sub in ast.walk(node):
+                if isinstance(sub, ast.Assign | ast.AnnAssign | ast.AugAssign):
+                    targets = sub.targets if isinstance(sub, ast.Assign) else [sub.target]
+                    for target in targets:
+                        for part in ast.walk(target):
+                            if (isinstance(part, ast.Attribute) and isinstance(part.value, ast.Name)
+                                    and part.value.id == "self"):
+                                names.add(part.attr)
+            body = {item.name for item in node.body if isinstance(item, ast.FunctionDef)}
+            body |= {t.id for item in node.body if isinstance(item, ast.Assign)
+                     for t in item.targets if isinstance(t, ast.Name)}
+            return names - body
+    raise AssertionError(f"{source} has no class {name}")
+
+
+DECLARATIONS = sorted(path for module in accel.MODULES
+                      if (path := accel.source_path(PACKAGE_DIR.parent, module).with_suffix(".pxd")).is_file())
+
+
+def test_the_hot_classes_are_declared() -> None:
+    names = {path.relative_to(PACKAGE_DIR).as_posix() for path in DECLARATIONS}
+    assert {"ext4/alloc.pxd", "ext4/blockdev.pxd", "ext4/changeset.pxd", "ext4/fs.pxd",
+            "ext4/namespace.pxd", "ext4/tarstream.pxd", "formats/zfile_spool.pxd"} <= names
+
+
+@pytest.mark.parametrize("pxd", DECLARATIONS, ids=lambda p: p.relative_to(PACKAGE_DIR).as_posix())
+def test_declarations_name_every_attribute_their_class_assigns(pxd: Path) -> None:
+    """A missing name would still work (through ``__dict__``) but slowly; a name the class no longer
+    assigns is dead weight: both fail here, so the declarations follow the code."""
+    classes = declared(pxd)
+    assert classes, f"{pxd} declares no class"
+    for name, fields in classes.items():
+        assert fields == assigned(pxd.with_suffix(".py"), name), name
+
+
+def test_compiled_classes_use_slots_and_still_take_any_attribute() -> None:
+    """In the compiled build a declared attribute is a slot of the object (a descriptor on the
+    type, not a key of the instance's ``__dict__``); an undeclared one, and a monkeypatched method,
+    land in ``__dict__`` as in Python."""
+    code = """
+import overlaybd_provider.ext4.alloc as alloc
+from overlaybd_provider.ext4.alloc import Allocator
+a = Allocator.__new__(Allocator)
+a.context = "x"
+a.not_declared = 1
+a.alloc_block = lambda: 7
+assert a.alloc_block() == 7 and a.not_declared == 1 and a.context == "x"
+print(alloc.__file__.endswith(".py"), "context" in Allocator.__dict__, sorted(vars(a)))
+"""
+    for mode, slots in (("1", True), ("0", False)):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                             env={**os.environ, accel.ENV: mode}).stdout.split(maxsplit=2)
+        assert out[0] == str(not slots) and out[1] == str(slots), (mode, out)
+        expected = ["alloc_block", "not_declared"] if slots else ["alloc_block", "context", "not_declared"]
+        assert out[2].strip() == repr(expected)
+
+
+def test_an_edited_declaration_makes_the_build_stale(tmp_path: Path) -> None:
+    copy = tmp_path / "overlaybd_provider"
+    shutil.copytree(PACKAGE_DIR, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    assert accel._build_state(copy / "ext4" / "alloc.py", accel._manifest(tmp_path), "overlaybd_provider.ext4.alloc")[0] == "compiled"
+    pxd = copy / "ext4" / "alloc.pxd"
+    pxd.write_text(pxd.read_text() + "\n# edited after the build\n")
+    state = accel._build_state(copy / "ext4" / "alloc.py", accel._manifest(tmp_path), "overlaybd_provider.ext4.alloc")
+    assert state == ("stale", None)
