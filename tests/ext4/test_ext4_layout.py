@@ -50,6 +50,25 @@ def test_inode_roundtrip_and_wide_fields() -> None:
     assert (back.i_uid, back.l_i_uid_high) == (0x5678, 0x1234)
 
 
+def test_inode_fields_follow_the_struct_order() -> None:
+    """``Inode`` names its 32 fields by hand (slots in the compiled build); each field must land at
+    its own offset of the struct, both ways, and a new inode is zero but for i_extra_isize."""
+    names = [name for name, _ in L._INODE_FIELDS]
+    ino = Inode()
+    assert ino.to_bytes() == L.INODE_STRUCT.pack(
+        *(bytes(60) if fmt == "60s" else L.EXTRA_ISIZE if name == "i_extra_isize" else 0
+          for name, fmt in L._INODE_FIELDS)) + bytes(L.INODE_IBODY_SIZE)
+    for i, name in enumerate(names):
+        setattr(ino, name, bytes([i + 1]) * 60 if name == "i_block" else i + 1)
+    ino.ibody = bytes(range(L.INODE_IBODY_SIZE))
+    raw = ino.to_bytes()
+    values = L.INODE_STRUCT.unpack_from(raw)
+    assert values == tuple(bytes([i + 1]) * 60 if name == "i_block" else i + 1 for i, name in enumerate(names))
+    back = Inode.from_bytes(bytes(7) + raw, 7)
+    assert [getattr(back, name) for name in names] == list(values)
+    assert back.ibody == ino.ibody and back.to_bytes() == raw
+
+
 def test_extra_time_encoding() -> None:
     for sec, ns in [(0, 0), (1700000000, 750000000), (-1, 5), (2**31 + 10, 1), (-(2**31), 0)]:
         lo, extra = encode_extra_time(sec, ns)

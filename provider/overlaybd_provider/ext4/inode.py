@@ -6,12 +6,13 @@ in-inode xattr area after the extra fields is kept as raw bytes.
 
 from __future__ import annotations
 
-import operator
-
 from overlaybd_provider.ext4 import layout as L
 
-_NAMES = [name for name, _ in L._INODE_FIELDS]
-_GET_ALL = operator.attrgetter(*_NAMES)
+_NAMES = tuple(name for name, _ in L._INODE_FIELDS)  # the order of the fields in to_bytes and _load
+# a new inode is all zero except i_extra_isize (the raw fields in the struct's order)
+_NEW_FIELDS = tuple(bytes(60) if fmt == "60s" else L.EXTRA_ISIZE if name == "i_extra_isize" else 0
+                    for name, fmt in L._INODE_FIELDS)
+_NEW_IBODY = bytes(L.INODE_IBODY_SIZE)
 
 
 def encode_extra_time(sec: int, nsec: int) -> tuple[int, int]:
@@ -28,25 +29,39 @@ def decode_extra_time(lo: int, extra: int) -> tuple[int, int]:
 
 
 class Inode:
-    """Mutable inode record. Field defaults live on the class (a new inode is all zero except
-    ``i_extra_isize``), so creating one costs nothing; instances only store what they set."""
-
-    i_block = bytes(60)
-    i_extra_isize = L.EXTRA_ISIZE
-    ibody = bytes(L.INODE_IBODY_SIZE)
+    """Mutable inode record. Every field is an attribute of its own (a slot in the compiled build,
+    see inode.pxd); ``to_bytes`` and ``_load`` name them in the struct's order, which a test checks
+    against ``layout._INODE_FIELDS``."""
 
     def __init__(self) -> None:
-        pass
+        self._load(_NEW_FIELDS)
+        self.ibody = _NEW_IBODY
 
     @classmethod
     def from_bytes(cls, data: bytes | memoryview, offset: int = 0) -> Inode:
         ino = cls.__new__(cls)
-        ino.__dict__.update(zip(_NAMES, L.INODE_STRUCT.unpack_from(data, offset), strict=True))
+        ino._load(L.INODE_STRUCT.unpack_from(data, offset))
         ino.ibody = bytes(data[offset + L.INODE_IBODY_OFFSET:offset + L.INODE_SIZE])
         return ino
 
+    def _load(self, values: tuple) -> None:
+        (self.i_mode, self.i_uid, self.i_size_lo, self.i_atime, self.i_ctime, self.i_mtime, self.i_dtime,
+         self.i_gid, self.i_links_count, self.i_blocks_lo, self.i_flags, self.l_i_version, self.i_block,
+         self.i_generation, self.i_file_acl_lo, self.i_size_high, self.i_obso_faddr, self.l_i_blocks_high,
+         self.l_i_file_acl_high, self.l_i_uid_high, self.l_i_gid_high, self.l_i_checksum_lo,
+         self.l_i_reserved, self.i_extra_isize, self.i_checksum_hi, self.i_ctime_extra, self.i_mtime_extra,
+         self.i_atime_extra, self.i_crtime, self.i_crtime_extra, self.i_version_hi, self.i_projid) = values
+
     def to_bytes(self) -> bytes:
-        return L.INODE_STRUCT.pack(*_GET_ALL(self)) + self.ibody
+        fields = (
+            self.i_mode, self.i_uid, self.i_size_lo, self.i_atime, self.i_ctime, self.i_mtime, self.i_dtime,
+            self.i_gid, self.i_links_count, self.i_blocks_lo, self.i_flags, self.l_i_version, self.i_block,
+            self.i_generation, self.i_file_acl_lo, self.i_size_high, self.i_obso_faddr,
+            self.l_i_blocks_high, self.l_i_file_acl_high, self.l_i_uid_high, self.l_i_gid_high,
+            self.l_i_checksum_lo, self.l_i_reserved, self.i_extra_isize, self.i_checksum_hi,
+            self.i_ctime_extra, self.i_mtime_extra, self.i_atime_extra, self.i_crtime, self.i_crtime_extra,
+            self.i_version_hi, self.i_projid)
+        return L.INODE_STRUCT.pack(*fields) + self.ibody
 
     # -- combined fields -------------------------------------------------------------------
     @property
@@ -107,7 +122,3 @@ class Inode:
         self.i_atime = self.i_mtime = self.i_ctime = lo
         self.i_atime_extra = self.i_mtime_extra = self.i_ctime_extra = extra
 
-
-for _name, _fmt in L._INODE_FIELDS:
-    if _fmt != "60s" and _name != "i_extra_isize":
-        setattr(Inode, _name, 0)
