@@ -6,6 +6,8 @@ corpus and all outputs go to ``tmp_path``. Takes ~30-60 s on 2 cores.
 
 from __future__ import annotations
 
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -149,3 +151,23 @@ def test_split_puts_samples_in_the_right_bucket() -> None:
     assert counts["compressor"] == {"idle": 9, "compression": 6}
     text = split.format_split("x", counts, 1.0)
     assert "tar parse" in text and "compressor" in text
+
+
+@pytest.mark.timeout(300)
+def test_instructions_counts_the_converter_that_writes_the_layer(tmp_path: Path) -> None:
+    """bench/instructions.py: one count of the converter process, and the digest of the blob it wrote
+    under valgrind is the one a plain ``apply-layer`` of the same cut tar writes."""
+    if shutil.which("valgrind") is None:
+        pytest.skip("valgrind is not installed")
+    proc = subprocess.run([sys.executable, str(BENCH / "instructions.py"), "--quick", "--cache-dir",
+                           str(tmp_path / "cache"), "--entries", "100"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    match = re.search(r"^small-first100\.tar: (\d+\.\d+) G instructions in the converter, (sha256:[0-9a-f]{64})$",
+                      proc.stdout, re.MULTILINE)
+    assert match, proc.stdout
+    assert 0.1 < float(match.group(1)) < 20
+    cut = next((tmp_path / "cache").rglob("small-first100.tar"))
+    plain = subprocess.run([str(Path(sys.executable).parent / "overlaybd"), "apply-layer", str(cut),
+                            str(tmp_path / "plain.blob")], capture_output=True, text=True, check=True)
+    assert match.group(2) in plain.stdout
+    assert "accelerator" in proc.stdout
