@@ -270,7 +270,6 @@ def dirhash_many(
     return results
 
 
-
 def _half_md4_one(name: bytes, s0: int, s1: int, s2: int, s3: int, unsigned_chars: bool) -> tuple[int, int]:
     """:func:`dirhash` (half_md4, seed words ``s0..s3``) of one name with the C code's own byte
     loop: the compiled build's path, where dirhash.pxd makes every local a C integer (as Python it
@@ -312,6 +311,7 @@ def _word(data: bytes, start: int, k: int, n: int, pad: int, unsigned_chars: boo
         val = (c + (val << 8)) & m
         k += 1
     return val
+
 
 _HIGH_BIT = bytes(1 if c >= 0x80 else 0 for c in range(256))
 
