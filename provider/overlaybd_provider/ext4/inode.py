@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from overlaybd_provider.ext4 import layout as L
 
-_NAMES = tuple(name for name, _ in L._INODE_FIELDS)  # the order of the fields in to_bytes and _load
 # a new inode is all zero except i_extra_isize (the raw fields in the struct's order)
 _NEW_FIELDS = tuple(bytes(60) if fmt == "60s" else L.EXTRA_ISIZE if name == "i_extra_isize" else 0
                     for name, fmt in L._INODE_FIELDS)
