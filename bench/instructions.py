@@ -3,10 +3,11 @@
     .venv/bin/python bench/instructions.py [--entries 20000] [--quick]
 
 Runs ``valgrind --tool=callgrind`` over ``overlaybd apply-layer`` of the first ``--entries`` entries
-of the corpus's 100 000-file layer (bench/corpus.py; the cut tar is cached beside it). The block
-compressor is a fresh interpreter started by ``exec``, which valgrind does not follow, so the count
-is the converter process alone (tar parse, ext4 metadata, data copy into the compressor's ring,
-directory build, seal). It prints the count and the blob's digest: builds that write the same bytes
+of the corpus's 100 000-file layer (bench/corpus.py; the cut tar is cached beside it). Valgrind
+follows the command through ``exec`` (an ``OVERLAYBD_BENCH_CLI`` may start with ``env``) but skips
+the block compressor's interpreter, and the profile counted is the one whose command line is the
+``apply-layer``: the converter process alone (tar parse, ext4 metadata, data copy into the
+compressor's ring, directory build, seal). It prints the count and the blob's digest: builds that write the same bytes
 print the same digest. ``OVERLAYBD_BENCH_CLI`` measures another build, as in the other benches.
 Under valgrind, OpenSSL's sha256 runs without the CPU's SHA instructions: ~0.45 G of a 20 000-entry
 count is the tar's and the blob's digests, far more than natively.
