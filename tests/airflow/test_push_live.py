@@ -210,13 +210,12 @@ def test_the_converted_images_own_push_triggers_nothing(env):
 def test_three_tags_of_one_digest_pushed_together_give_one_run(env, layouts):
     airflow, notified = env["airflow"], env["notified"]
     before = set(convert_runs(airflow))
-    # the first push uploads the blobs; the other two tags follow at once, concurrently (only their
-    # manifests are new: distribution 2.8 answers 500 to racing uploads of one new blob)
+    # the first push uploads the blobs; the other two tags follow at once, concurrently, from the local
+    # layout (only their manifests are new). distribution 2.8's filesystem driver rewrites link files in
+    # place, so racing uploads of one new blob, or a read of the tag while its manifest's revision link
+    # is rewritten, answer 500: the test neither races blobs nor reads from the registry meanwhile
     copy(layouts["multi"], notified, "multi/app", "1.0.0")
-    src = f"docker://{notified.host}/multi/app:1.0.0"
-    procs = [subprocess.Popen([require_tool("skopeo"), "copy", *notified.skopeo_tls_args("src"),
-                               *notified.skopeo_tls_args("dest"), src, f"docker://{notified.host}/multi/app:{tag}"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for tag in ("1.0", "latest")]
+    procs = [skopeo(layouts["multi"], notified, "multi/app", tag) for tag in ("1.0", "latest")]
     for proc in procs:
         _, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err.decode()
@@ -247,7 +246,9 @@ def test_a_wrong_token_is_refused_and_starts_nothing(env, layouts):
         time.sleep(0.5)  # the registry's own deliveries are refused too
     assert log.read_text(errors="replace").count("missing or wrong token") >= 2
     time.sleep(2)
-    assert set(convert_runs(airflow)) == before
+    # only runs from this registry count: an earlier test's conversion may still be arriving
+    started = {k: r for k, r in convert_runs(airflow).items() if k not in before}
+    assert not [k for k, r in started.items() if wrong.host in json.dumps(r.get("conf") or {})], started
     assert not [d for d in decisions(airflow) if d["source"].startswith(wrong.host)]
     assert "not-the-token" not in log.read_text(errors="replace")
 
