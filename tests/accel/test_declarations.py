@@ -131,3 +131,53 @@ print(d._COMPILED, rounds, d.__file__.endswith(".py"), same and one)
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                              env={**os.environ, accel.ENV: mode}).stdout.strip()
         assert out == expected, (mode, out)
+
+
+def test_tar_header_numbers_run_on_c_integers_only_when_compiled() -> None:
+    """tarstream.pxd types the header's byte sum and octal fields: compiled, they take ``bytes``
+    only; in both builds they give what the Python forms give (adler32 sum, ``b"%06o\\0 "``,
+    ``int(field, 8)``) on random, near-miss and real headers, and -1 exactly where a field is not
+    plain octal digits ended by a NUL."""
+    code = r"""
+import random, tarfile
+from overlaybd_provider.ext4 import tarstream as t
+try:
+    t._octal_field(bytearray(512), 0, 1)
+    typed = "python"
+except TypeError:
+    typed = "c"
+rng = random.Random(11)
+alphabet = b"01234567 \0+-_89xo\x80\xff"
+def header():
+    kind = rng.randrange(3)
+    if kind == 0:
+        return bytes(rng.randrange(256) for _ in range(512))
+    if kind == 1:
+        return bytes(rng.choice(alphabet) for _ in range(512))
+    info = tarfile.TarInfo("d/" * rng.randrange(20) + "f%d" % rng.randrange(10**6))
+    info.size, info.mtime, info.mode = rng.randrange(8**11), rng.randrange(8**11), rng.randrange(8**7)
+    info.uid, info.gid = rng.randrange(8**7), rng.randrange(8**7)
+    h = bytearray(info.tobuf(tarfile.GNU_FORMAT))
+    for _ in range(rng.randrange(3)):  # near misses
+        h[rng.randrange(100, 160)] = rng.choice(alphabet)
+    return bytes(h)
+def octal(h, s, e):
+    field = h[s:e]
+    return int(field, 8) if field and not field.translate(None, b"01234567") and h[e] == 0 else -1
+bad, written = 0, 0
+for _ in range(4000):
+    h = header()
+    computed = 256 + sum(h) - sum(h[148:156])
+    bad += t._unsigned_sum(h) != computed
+    for c in (computed, computed + 1, int(h[148:154], 8) if not h[148:154].translate(None, b"01234567") else 0):
+        expect = h[148:156] == b"%06o\0 " % c
+        written += expect
+        bad += t._checksum_written(h, c) != expect
+    for s, e in ((100, 107), (108, 115), (116, 123), (124, 135), (136, 147)):
+        bad += t._octal_field(h, s, e) != octal(h, s, e)
+print(t._COMPILED, typed, t.__file__.endswith(".py"), bad, written > 1000)
+"""
+    for mode, expected in (("1", "True c False 0 True"), ("0", "False python True 0 True")):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                             env={**os.environ, accel.ENV: mode}).stdout.strip()
+        assert out == expected, (mode, out)
