@@ -5,7 +5,7 @@ The records themselves (constants, :class:`DirEntry`, packing, validation) live 
 
 Public API (pure functions, no I/O; ``blocks`` are the directory's logical blocks in order)::
 
-    DirEntry(name: bytes, inode: int, file_type: int)            # frozen dataclass
+    DirEntry(name: bytes, inode: int, file_type: int)            # named tuple
     ParsedDirectory(parent_inode: int, entries: list[DirEntry], indexed: bool)
     DirectoryLayout(blocks: list[bytes], indexed: bool)
 
