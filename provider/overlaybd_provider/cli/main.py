@@ -10,10 +10,14 @@ is full, over quota or read-only (``errors.storage_error``) that no layer below 
 from __future__ import annotations
 
 import argparse
+import atexit
 import importlib
 import logging
+import os
 import sys
+import threading
 from collections.abc import Sequence
+from typing import NoReturn
 
 from overlaybd_provider import __version__
 from overlaybd_provider.errors import OverlaybdError, storage_error
@@ -116,13 +120,30 @@ def run(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
-def main() -> None:
-    sys.exit(run())
+def exit_now(status: int) -> NoReturn:
+    """End the program with ``status`` once its work is done: exit handlers run and the standard
+    streams are flushed, but the interpreter is not torn down object by object (~20 ms of every
+    run, a sixth of a one-file ``apply-layer``). With another thread still running (nothing of
+    ours, by then) it is the ordinary ``sys.exit``, which waits for it. ``run`` is the in-process
+    entry; this is for the console scripts only."""
+    if threading.active_count() > 1:
+        sys.exit(status)
+    atexit._run_exitfuncs()  # what the interpreter would run first: logging, temp dirs, coverage
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            status = status or 120  # as the interpreter exits when flushing stdout fails
+    os._exit(status)
 
 
-def obdconv_main() -> None:
+def main() -> NoReturn:
+    exit_now(run())
+
+
+def obdconv_main() -> NoReturn:
     """``obdconv SRC DST [options]``: the upstream-compatible alias of ``overlaybd convert``."""
-    sys.exit(run(["convert", *sys.argv[1:]]))
+    exit_now(run(["convert", *sys.argv[1:]]))
 
 
 if __name__ == "__main__":

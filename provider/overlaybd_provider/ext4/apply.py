@@ -19,7 +19,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from overlaybd_provider.errors import writing
 from overlaybd_provider.ext4.blockdev import LowerStack, OverlayBlockDevice
@@ -256,6 +256,16 @@ def apply_layer(lowers: Sequence[str | os.PathLike[str]], tar_path_or_fileobj: s
                         parent_uuid=parent_uuid, mkfs_options=mkfs_options)
 
 
+def _open_lowers(lowers: Sequence[str | os.PathLike[str]], out_path: Path) -> list[Any]:
+    """The lower blobs, native or ``turbo:META,SOURCE``; a bottom layer has none and imports none
+    of their readers (~20 ms of a one-file layer's start-up)."""
+    if not lowers:
+        return []
+    from overlaybd_provider.formats.turbo import open_layer_spec
+
+    return [open_layer_spec(p, spool_dir=str(out_path.parent)) for p in lowers]
+
+
 def apply_layers(lowers: Sequence[str | os.PathLike[str]], tars: Sequence[TarSpec],
                  out_path: str | os.PathLike[str], *, vsize_gb: int = 64, algorithm: str = "lz4",
                  block_size_kb: int = 4, raw: bool = False, uuid: str | None = None,
@@ -264,15 +274,16 @@ def apply_layers(lowers: Sequence[str | os.PathLike[str]], tars: Sequence[TarSpe
     """Apply several layer tars, bottom first, onto one upper layer over the lower blobs and write
     it to ``out_path`` (one tar: :func:`apply_layer`; several: a flattened layer, ``trim``: see
     :func:`apply_tars_to_stack`). ``decode_jobs``: per tar, its decode started ahead (or None)."""
-    from overlaybd_provider.formats.stack import LayerStack
-    from overlaybd_provider.formats.turbo import open_layer_spec
-
     started = time.monotonic()
     out_path = Path(out_path)
-    layers = [open_layer_spec(p, spool_dir=str(out_path.parent)) for p in lowers]  # native or turbo:META,SOURCE
+    layers = _open_lowers(lowers, out_path)
     tmp_name = None
     try:
-        stack = LayerStack([lf.lsmt for lf in layers], check_chain=False) if layers else None
+        stack = None
+        if layers:
+            from overlaybd_provider.formats.stack import LayerStack
+
+            stack = LayerStack([lf.lsmt for lf in layers], check_chain=False)
         with contextlib.ExitStack() as stack_ctx:
             inputs = []
             jobs = list(decode_jobs) + [None] * (len(tars) - len(decode_jobs))

@@ -101,7 +101,15 @@ class OverlayBlockDevice:
         self._pend: list[bytes | memoryview] = []
         self._pend_bytes = 0
         self._pend_slot = 0
-        self._max_end = 0  # one past the highest block held by the upper store
+        # fresh single blocks (metadata: mkfs and every flush write it in block order) gathered
+        # here from spool slot _sbuf_slot on, and written with one pwritev
+        self._sbuf: list[bytes] = []
+        self._sbuf_slot = 0
+        # blocks _clear_lo .. _clear_hi - 1 are known to hold nothing of the upper store: fresh
+        # file data lands there one range after the other, so most overlap checks end at once
+        self._clear_lo = 0
+        self._clear_hi = 0
+        self._full_checks = 0  # overlap checks that searched since the window was last measured
         # compressed runs (``compressor`` set): run slots index stored blocks in the z-spool
         self.compressor = compressor
         # TurboOCI: runs whose data stays in the source layer ("target"), as parallel lists of
@@ -122,6 +130,8 @@ class OverlayBlockDevice:
 
     # -- reads -----------------------------------------------------------------------------
     def _flush_pending(self) -> None:
+        if self._sbuf:
+            self._flush_singles()
         if not self._pend:
             return
         if self.compressor is not None:
@@ -130,13 +140,23 @@ class OverlayBlockDevice:
         pos = self._pend_slot * BLOCK_SIZE
         for i in range(0, len(self._pend), _IOV_MAX):
             bufs = self._pend[i:i + _IOV_MAX]
-            want = sum(len(b) for b in bufs)
-            done = os.pwritev(self._fd, bufs, pos)
-            if done != want:  # short write (rare): finish it plainly
-                os.pwrite(self._fd, b"".join(bytes(b) for b in bufs)[done:], pos + done)
-            pos += want
+            self._pwrite_all(bufs, pos)
+            pos += sum(len(b) for b in bufs)
         self._pend.clear()
         self._pend_bytes = 0
+
+    def _flush_singles(self) -> None:
+        self._pwrite_all(self._sbuf, self._sbuf_slot * BLOCK_SIZE)
+        self._sbuf.clear()
+
+    def _pwrite_all(self, bufs: list[bytes | memoryview], pos: int) -> None:
+        want = sum(len(b) for b in bufs)
+        done = os.pwritev(self._fd, bufs, pos)
+        if done != want:  # short write (rare): finish it plainly
+            rest = b"".join(bytes(b) for b in bufs)[done:]
+            while rest:
+                n = os.pwrite(self._fd, rest, pos + done)
+                rest, done = rest[n:], done + n
 
     def _compress_pending(self) -> None:
         assert self._zs is not None
@@ -192,7 +212,7 @@ class OverlayBlockDevice:
 
     def _upper_slot(self, n: int) -> int | None:
         """Raw-spool slot of block ``n`` (None: not upper, or inside a compressed run)."""
-        if self._pend:
+        if self._pend or self._sbuf:
             self._flush_pending()
         slot = self._single.get(n)
         if slot is not None or self.compressor is not None:
@@ -233,14 +253,32 @@ class OverlayBlockDevice:
         if len(data) != BLOCK_SIZE:
             raise ValueError("write_block needs exactly one block")
         self._check_range(n, 1)
-        slot = self._upper_slot(n)
+        slot = self._single.get(n)
+        if slot is None:
+            if self._pend:
+                self._flush_pending()  # pending runs take the slots before a new single's
+            if self.compressor is None:
+                slot = self._run_zslot(n)  # inside a raw run: written in place
         if slot is None:
             slot = self._next_slot
             self._next_slot += 1
             self._single[n] = slot
-            self._max_end = max(self._max_end, n + 1)
+            self._claim(n, 1)
             if self.compressor is not None and self._run_zslot(n) is not None:
                 self._shadowed += 1  # a single now hides this block of a compressed run
+            held = self._sbuf
+            if held and self._sbuf_slot + len(held) != slot:
+                self._flush_singles()
+            if not held:
+                self._sbuf_slot = slot
+            held.append(data if type(data) is bytes else bytes(data))  # a caller may reuse its buffer
+            if len(held) >= _IOV_MAX:
+                self._flush_singles()
+            return
+        i = slot - self._sbuf_slot
+        if self._sbuf and 0 <= i < len(self._sbuf):
+            self._sbuf[i] = data if type(data) is bytes else bytes(data)  # still held: replace it
+            return
         os.pwrite(self._fd, data, slot * BLOCK_SIZE)
 
     def write_blocks(self, n: int, data: bytes | memoryview) -> None:
@@ -301,8 +339,23 @@ class OverlayBlockDevice:
 
     def _add_run(self, n: int, count: int, slot: int) -> None:
         """Record fresh blocks ``n .. n+count-1`` at spool slot ``slot`` (merged with the run before)."""
-        self._max_end = max(self._max_end, n + count)
-        i = bisect.bisect_left(self._run_start, n)
+        if self._clear_lo <= n < self._clear_hi:
+            self._clear_lo = min(n + count, self._clear_hi)  # fresh data fills the window from below
+        else:
+            self._claim(n, count)
+        starts = self._run_start
+        if starts:
+            last = len(starts) - 1
+            end = starts[last] + self._run_len[last]
+            if n >= end:  # past every run (file data, written in block order): no search
+                if end == n and self._run_slot[last] + self._run_len[last] == slot:
+                    self._run_len[last] += count
+                else:
+                    starts.append(n)
+                    self._run_len.append(count)
+                    self._run_slot.append(slot)
+                return
+        i = bisect.bisect_left(starts, n)
         if (i > 0 and self._run_start[i - 1] + self._run_len[i - 1] == n
                 and self._run_slot[i - 1] + self._run_len[i - 1] == slot):
             self._run_len[i - 1] += count
@@ -337,25 +390,56 @@ class OverlayBlockDevice:
             self._tgt_len.insert(i, count)
             self._tgt_off.insert(i, target_offset)
             self._tgt_sect.insert(i, sectors)
-        self._max_end = max(self._max_end, n + count)
+        self._claim(n, count)
 
     @property
     def target_blocks(self) -> int:
         return sum(self._tgt_len)
 
+    def _claim(self, n: int, count: int) -> None:
+        """Blocks ``n .. n+count-1`` now hold upper data: narrow the clear window to stay clear."""
+        lo, hi = self._clear_lo, self._clear_hi
+        if n + count <= lo or n >= hi:
+            return
+        if n <= lo:
+            self._clear_lo = min(n + count, hi)
+        else:
+            self._clear_hi = n
+
     def _overlaps_upper(self, n: int, count: int) -> bool:
-        if n >= self._max_end:
+        """Whether any of blocks ``n .. n+count-1`` already holds upper data."""
+        end = n + count
+        if self._clear_lo <= n and end <= self._clear_hi:
             return False
         if self._tgt_start:
-            i = bisect.bisect_right(self._tgt_start, n + count - 1) - 1
+            i = bisect.bisect_right(self._tgt_start, end - 1) - 1
             if i >= 0 and self._tgt_start[i] + self._tgt_len[i] > n:
                 return True
-        i = bisect.bisect_right(self._run_start, n + count - 1) - 1
+        i = bisect.bisect_right(self._run_start, end - 1) - 1
         if i >= 0 and self._run_start[i] + self._run_len[i] > n:
             return True
         if len(self._single) < count:
-            return any(n <= b < n + count for b in self._single)
-        return not self._single.keys().isdisjoint(range(n, n + count))  # C-level membership loop
+            if any(map(range(n, end).__contains__, self._single)):
+                return True
+        elif not self._single.keys().isdisjoint(range(n, end)):  # C-level membership loop
+            return True
+        self._full_checks += 1
+        if self._full_checks * 16 >= len(self._single):  # the scan below costs ~16 checks' worth
+            self._full_checks = 0
+            self._measure_clear(n, end)
+        return False
+
+    def _measure_clear(self, n: int, end: int) -> None:
+        """Make the clear window ``n ..`` the next upper block at or after ``end`` (blocks
+        ``n .. end-1`` are known clear)."""
+        nxt = self.block_count
+        if self._single:
+            nxt = min(filter(end.__le__, self._single), default=nxt)
+        for starts in (self._run_start, self._tgt_start):
+            i = bisect.bisect_left(starts, end)
+            if i < len(starts):
+                nxt = min(nxt, starts[i])
+        self._clear_lo, self._clear_hi = n, max(nxt, end)
 
     # -- output ----------------------------------------------------------------------------
     @property
@@ -402,23 +486,37 @@ class OverlayBlockDevice:
         zrun = self.compressor is not None
         i = 0
         ns = len(singles)
+
+        def group(i: int, limit: int) -> int:
+            """How many singles from ``i`` on are consecutive blocks in consecutive slots, all
+            before block ``limit`` (mkfs and the flush write metadata in block order: one piece)."""
+            j = i + 1
+            blk, slot = singles[i]
+            while j < ns and singles[j][0] == blk + (j - i) and singles[j][1] == slot + (j - i) \
+                    and singles[j][0] < limit:
+                j += 1
+            return j - i
+
         for start, length, rslot in zip(self._run_start, self._run_len, self._run_slot, strict=True):
             while i < ns and singles[i][0] < start:
-                yield singles[i][0], 1, False, singles[i][1]
-                i += 1
+                k = group(i, start)
+                yield singles[i][0], k, False, singles[i][1]
+                i += k
             cur, end = start, start + length
             while i < ns and singles[i][0] < end:
                 b = singles[i][0]
                 if b > cur:
                     yield cur, b - cur, zrun, rslot + cur - start
-                yield b, 1, False, singles[i][1]
-                cur = b + 1
-                i += 1
+                k = group(i, end)
+                yield b, k, False, singles[i][1]
+                cur = b + k
+                i += k
             if cur < end:
                 yield cur, end - cur, zrun, rslot + cur - start
         while i < ns:
-            yield singles[i][0], 1, False, singles[i][1]
-            i += 1
+            k = group(i, self.block_count)
+            yield singles[i][0], k, False, singles[i][1]
+            i += k
 
     def turbo_pieces(self) -> Iterator[tuple[int, int, int, int]]:
         """TurboOCI seal order: ``(block, count, slot, -1)`` for blocks stored in the meta layer
@@ -457,6 +555,8 @@ class OverlayBlockDevice:
             yield blk, cnt, slot
 
     def read_raw_slots(self, slot: int, count: int) -> bytes:
+        if self._sbuf:
+            self._flush_singles()
         return os.pread(self._fd, count * BLOCK_SIZE, slot * BLOCK_SIZE)
 
     def extents(self) -> Iterator[tuple[int, int]]:

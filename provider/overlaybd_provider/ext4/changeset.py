@@ -68,7 +68,8 @@ def clean_path(name: bytes, what: str, *, entry: bool = False) -> Path:
     component that is a whiteout may be longer than 255 bytes: the whiteout itself is never
     written, only its target must fit (``.wh.`` + a 255-byte name is 259 bytes)."""
     comps = name.split(b"/")
-    if b"" not in comps and b"." not in comps and b".." not in comps and max(map(len, comps)) <= 255:
+    if (b"" not in comps and b"." not in comps and b".." not in comps
+            and (len(name) <= 255 or max(map(len, comps)) <= 255)):  # a short name has no long part
         return tuple(comps)  # already clean (the usual case)
     parts: list[bytes] = []
     long_last = False  # the last part kept is a long whiteout name (checked by the applier)

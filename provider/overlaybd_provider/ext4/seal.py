@@ -58,6 +58,7 @@ def _zranges(dev: OverlayBlockDevice, lsmt: LSMTWriter) -> list[list[int]]:
     assert comp is not None
     ranges: list[list[int]] = []
     batch: list[bytes] = []
+    batched = 0  # blocks in batch
     next_new = dev.zslot_count()
 
     def add(first: int, count: int) -> None:
@@ -67,18 +68,24 @@ def _zranges(dev: OverlayBlockDevice, lsmt: LSMTWriter) -> list[list[int]]:
             ranges.append([first, count])
 
     def flush() -> None:
+        nonlocal batched
         if batch:
             dev.store_raw(b"".join(batch))
             batch.clear()
+            batched = 0
 
     for blk, cnt, compressed, slot in dev.pieces():
         lsmt.add_mapped(blk * SECTORS_PER_BLOCK, cnt * SECTORS_PER_BLOCK)
         if compressed:
             add(slot, cnt)
             continue
-        for k in range(cnt):
-            batch.append(dev.read_raw_slots(slot + k, 1))
-            if len(batch) >= _META_BATCH:
+        k = 0
+        while k < cnt:  # consecutive slots (metadata written in block order): one read per batch
+            take = min(cnt - k, _META_BATCH - batched)
+            batch.append(dev.read_raw_slots(slot + k, take))
+            batched += take
+            k += take
+            if batched >= _META_BATCH:
                 flush()
         add(next_new, cnt)
         next_new += cnt
