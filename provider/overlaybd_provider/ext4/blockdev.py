@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 from overlaybd_provider.ext4.errors import Ext4Error
 from overlaybd_provider.ext4.layout import BLOCK_SIZE
+from overlaybd_provider.formats.zfile_worker import pwrite_all
 
 if TYPE_CHECKING:
     from overlaybd_provider.formats.zfile_codec import BatchCompressor
@@ -153,10 +154,7 @@ class OverlayBlockDevice:
         want = sum(len(b) for b in bufs)
         done = os.pwritev(self._fd, bufs, pos)
         if done != want:  # short write (rare): finish it plainly
-            rest = b"".join(bytes(b) for b in bufs)[done:]
-            while rest:
-                n = os.pwrite(self._fd, rest, pos + done)
-                rest, done = rest[n:], done + n
+            pwrite_all(self._fd, b"".join(bytes(b) for b in bufs)[done:], pos + done)
 
     def _compress_pending(self) -> None:
         assert self._zs is not None
@@ -253,6 +251,8 @@ class OverlayBlockDevice:
         if len(data) != BLOCK_SIZE:
             raise ValueError("write_block needs exactly one block")
         self._check_range(n, 1)
+        if type(data) is not bytes:
+            data = bytes(data)  # it may be held below, and a caller may reuse its buffer
         slot = self._single.get(n)
         if slot is None:
             if self._pend:
@@ -271,13 +271,13 @@ class OverlayBlockDevice:
                 self._flush_singles()
             if not held:
                 self._sbuf_slot = slot
-            held.append(data if type(data) is bytes else bytes(data))  # a caller may reuse its buffer
+            held.append(data)
             if len(held) >= _IOV_MAX:
                 self._flush_singles()
             return
         i = slot - self._sbuf_slot
         if self._sbuf and 0 <= i < len(self._sbuf):
-            self._sbuf[i] = data if type(data) is bytes else bytes(data)  # still held: replace it
+            self._sbuf[i] = data  # still held: replace it
             return
         os.pwrite(self._fd, data, slot * BLOCK_SIZE)
 
@@ -339,10 +339,7 @@ class OverlayBlockDevice:
 
     def _add_run(self, n: int, count: int, slot: int) -> None:
         """Record fresh blocks ``n .. n+count-1`` at spool slot ``slot`` (merged with the run before)."""
-        if self._clear_lo <= n < self._clear_hi:
-            self._clear_lo = min(n + count, self._clear_hi)  # fresh data fills the window from below
-        else:
-            self._claim(n, count)
+        self._claim(n, count)
         starts = self._run_start
         if starts:
             last = len(starts) - 1
@@ -397,14 +394,16 @@ class OverlayBlockDevice:
         return sum(self._tgt_len)
 
     def _claim(self, n: int, count: int) -> None:
-        """Blocks ``n .. n+count-1`` now hold upper data: narrow the clear window to stay clear."""
+        """Blocks ``n .. n+count-1`` now hold upper data: narrow the clear window to the larger
+        clear part left (fresh file data fills it from below, one range after the other)."""
         lo, hi = self._clear_lo, self._clear_hi
-        if n + count <= lo or n >= hi:
+        end = n + count
+        if end <= lo or n >= hi:
             return
-        if n <= lo:
-            self._clear_lo = min(n + count, hi)
-        else:
+        if n - lo > hi - end:
             self._clear_hi = n
+        else:
+            self._clear_lo = min(end, hi)
 
     def _overlaps_upper(self, n: int, count: int) -> bool:
         """Whether any of blocks ``n .. n+count-1`` already holds upper data."""
